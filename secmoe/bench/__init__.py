@@ -1,0 +1,7 @@
+"""``secmoe bench``: micro and end-to-end benchmarks (ops register themselves on import)."""
+
+from . import channel_bench  # noqa: F401  (registers the op)
+from .registry import REGISTRY, BenchOp, register
+from .runner import run_bench, run_party
+
+__all__ = ["REGISTRY", "BenchOp", "register", "run_bench", "run_party"]

@@ -1,0 +1,118 @@
+"""Running a bench op: both parties locally, or one party over TCP; one JSON result."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from ..net import Channel, run_local
+from ..net.shaping import PROFILES, ShapedLink, profile
+from ..net.tcp import TLSConfig, accept_one, connect, parse_hostport
+from ..net.transcript import TranscriptWriter
+from .registry import BenchOp
+
+
+async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``op`` as this party; both parties return the same figures.
+
+    Setup (keys, base OTs) is measured apart from the operation. At the end the parties swap
+    their timings and extra fields (in a ``report`` phase that is not counted), so that both
+    print the slower party's seconds and the union of the extras.
+    """
+    with ch.phase("setup"):
+        snap, t0 = ch.stats.snapshot(), time.perf_counter()
+        state = await op.setup(ch, args)
+        setup_s, setup = time.perf_counter() - t0, ch.stats.since(snap)
+    snap, t0 = ch.stats.snapshot(), time.perf_counter()
+    extra = await op.run(ch, args, state)
+    seconds, cost = time.perf_counter() - t0, ch.stats.since(snap)
+    with ch.phase("report"):
+        mine = {"seconds": seconds, "setup_seconds": setup_s, "extra": extra}
+        if ch.role == "client":
+            await ch.send(mine, tag="bench/report")
+            theirs = await ch.recv(tag="bench/report")
+        else:
+            theirs = await ch.recv(tag="bench/report")
+            await ch.send(mine, tag="bench/report")
+    client, server = (mine, theirs) if ch.role == "client" else (theirs, mine)
+    seconds = max(seconds, theirs["seconds"])
+    wire = cost.bytes_total + cost.framing_c2s + cost.framing_s2c
+    return {
+        "op": op.name,
+        "params": op.params(args),
+        "bytes_c2s": cost.bytes_c2s,
+        "bytes_s2c": cost.bytes_s2c,
+        "framing_bytes": cost.framing_c2s + cost.framing_s2c,
+        "messages": cost.messages,
+        "rounds": cost.rounds,
+        "seconds": seconds,
+        "setup_bytes": setup.bytes_total,
+        "setup_rounds": setup.rounds,
+        "setup_seconds": max(setup_s, theirs["setup_seconds"]),
+        "net": args.net,
+        "estimates": {
+            name: round(p.estimate(seconds, wire, cost.rounds), 6) for name, p in PROFILES.items()
+        }
+        if args.net is None
+        else {},
+        **server["extra"],
+        **client["extra"],
+    }
+
+
+def _prepare(ch: Channel, args: argparse.Namespace, writer: TranscriptWriter | None) -> Channel:
+    if args.net:
+        ch.session.link = ShapedLink(ch.session.link, profile(args.net))
+    if writer is not None:
+        ch.session.recorder = writer
+    return ch
+
+
+def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:
+    """A :class:`TLSConfig` from ``--tls-cert/--tls-key/--tls-ca``, or ``None``."""
+    if not (args.tls_cert or args.tls_key or args.tls_ca):
+        return None
+    return TLSConfig(args.tls_cert, args.tls_key, args.tls_ca, args.tls_server_name)
+
+
+async def run_bench(op: BenchOp, args: argparse.Namespace) -> dict[str, Any]:
+    """Run ``op`` locally (both parties) or as ``args.party`` over TCP."""
+    params = {"op": op.name, **op.params(args)}
+    writer = TranscriptWriter(args.transcript) if args.transcript else None
+    try:
+        if args.party is None:
+            result, _ = await run_local(
+                lambda ch: run_party(_prepare(ch, args, writer), op, args),
+                lambda ch: run_party(_prepare(ch, args, writer), op, args),
+                timeout=args.timeout,
+            )
+            return result
+        tls = tls_from_args(args)
+        if args.party == "server":
+            host, port = parse_hostport(args.listen)
+            ch = await accept_one(
+                host,
+                port,
+                params=params,
+                tls=tls,
+                accept_timeout=args.accept_timeout,
+                timeout=args.timeout,
+            )
+        else:
+            host, port = parse_hostport(args.connect)
+            ch = await connect(
+                host,
+                port,
+                params=params,
+                tls=tls,
+                connect_timeout=args.connect_timeout,
+                timeout=args.timeout,
+            )
+        try:
+            return await run_party(_prepare(ch, args, writer), op, args)
+        finally:
+            await ch.close()
+    finally:
+        if writer is not None:
+            writer.close()

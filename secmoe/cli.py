@@ -1,0 +1,216 @@
+"""The ``secmoe`` command.
+
+Errors a user can cause (bad arguments, a peer that is missing, incompatible or misbehaving)
+end in one line on stderr and a non-zero exit status, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from . import PROTOCOL_VERSION, __version__
+from .bench import REGISTRY, run_bench
+from .net import NetError, PartyError
+from .net.shaping import PROFILES
+from .net.transcript import read_transcript, summarize
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+
+def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a coroutine on uvloop when it is installed, else on asyncio's loop."""
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional (Linux only)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def _add_net_args(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument(
+        "--local", action="store_true", help="run both parties in this process (the default)"
+    )
+    where.add_argument(
+        "--party",
+        choices=("client", "server"),
+        help="run one party over TCP (with --listen or --connect)",
+    )
+    p.add_argument("--listen", metavar="HOST:PORT", help="server: address to listen on")
+    p.add_argument("--connect", metavar="HOST:PORT", help="client: address of the server")
+    p.add_argument(
+        "--net",
+        choices=sorted(PROFILES),
+        help="shape the link: lan = 1 Gbit/s, 0.5 ms RTT; wan = 400 Mbit/s, 4 ms",
+    )
+    p.add_argument("--transcript", metavar="FILE", help="write a JSON-lines transcript")
+    p.add_argument("--json", action="store_true", help="print one JSON object (last line)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=600.0,
+        help="deadline in seconds for each wait on the peer (default 600)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        help="client: keep retrying the connection this long (default 30)",
+    )
+    p.add_argument(
+        "--accept-timeout",
+        type=float,
+        default=3600.0,
+        help="server: wait this long for the client (default 3600)",
+    )
+    p.add_argument("--tls-cert", help="this party's certificate (PEM)")
+    p.add_argument("--tls-key", help="this party's private key (PEM)")
+    p.add_argument("--tls-ca", help="CA to verify the peer (server: require client certs)")
+    p.add_argument("--tls-server-name", help="client: expected server name (default: host)")
+
+
+def _check_net_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.party == "server" and not args.listen:
+        parser.error("--party server needs --listen HOST:PORT")
+    if args.party == "client" and not args.connect:
+        parser.error("--party client needs --connect HOST:PORT")
+    if args.party is None and (args.listen or args.connect):
+        parser.error("--listen/--connect need --party server/client")
+    if (args.party == "server" and args.connect) or (args.party == "client" and args.listen):
+        parser.error("the server --listens; the client --connects")
+    if args.timeout <= 0 or args.connect_timeout <= 0 or args.accept_timeout <= 0:
+        parser.error("timeouts must be positive")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="secmoe",
+        description="Private two-party inference of Mixture-of-Experts transformers.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"secmoe {__version__} (wire protocol {PROTOCOL_VERSION})",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    bench = sub.add_parser("bench", help="run a benchmark (JSON with --json)")
+    ops = bench.add_subparsers(dest="op", required=True)
+    for op in REGISTRY.values():
+        p = ops.add_parser(op.name, help=op.help, description=op.help)
+        op.add_args(p)
+        _add_net_args(p)
+
+    tr = sub.add_parser("transcript", help="summarize a transcript file")
+    tr.add_argument("file")
+    tr.add_argument("--depth", type=int, default=2, help="path components in the table")
+    tr.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="a two-party demonstration in one process")
+    demo.add_argument("--json", action="store_true")
+    return parser
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} GB"
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return
+    print(f"op            {result['op']}  {result['params']}")
+    print(
+        f"communication {_fmt_bytes(result['bytes_c2s'])} c2s, "
+        f"{_fmt_bytes(result['bytes_s2c'])} s2c, "
+        f"{_fmt_bytes(result['framing_bytes'])} framing, {result['rounds']} rounds"
+    )
+    print(
+        f"time          {result['seconds']:.3f} s"
+        + (f" (network shaped: {result['net']})" if result.get("net") else "")
+    )
+    print(f"setup         {_fmt_bytes(result['setup_bytes'])}, {result['setup_seconds']:.3f} s")
+    for name, secs in result.get("estimates", {}).items():
+        print(f"estimate {name:4} {secs:.3f} s")
+    skip = {
+        "op",
+        "params",
+        "bytes_c2s",
+        "bytes_s2c",
+        "framing_bytes",
+        "rounds",
+        "seconds",
+        "setup_bytes",
+        "setup_seconds",
+        "setup_rounds",
+        "net",
+        "estimates",
+        "messages",
+    }
+    for key, value in result.items():
+        if key not in skip:
+            print(f"{key:13} {value}")
+
+
+def _cmd_transcript(args: argparse.Namespace) -> int:
+    summary = summarize(read_transcript(args.file), depth=args.depth)
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+        return 0
+    t = summary["total"]
+    print(
+        f"total: {_fmt_bytes(t['bytes_c2s'])} c2s, {_fmt_bytes(t['bytes_s2c'])} s2c, "
+        f"{_fmt_bytes(t['framing'])} framing, {t['messages']} messages, {t['rounds']} rounds, "
+        f"{t['seconds']:.3f} s"
+    )
+    print(f"{'path':40} {'c2s':>12} {'s2c':>12} {'msgs':>7} {'rounds':>7}")
+    for path, row in summary["by_path"].items():
+        print(
+            f"{path:40} {_fmt_bytes(row['bytes_c2s']):>12} {_fmt_bytes(row['bytes_s2c']):>12} "
+            f"{row['messages']:>7} {row['rounds']:>7}"
+        )
+    for name, est in summary["estimates"].items():
+        print(
+            f"estimate on {name}: {est['seconds']:.3f} s "
+            f"({est['bandwidth_bps'] / 1e6:.0f} Mbit/s, {est['rtt_s'] * 1e3:g} ms RTT)"
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``secmoe`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "bench":
+            _check_net_args(parser, args)
+            op = REGISTRY[args.op]
+            op.params(args)  # validate the op's arguments before any connection
+            _print_result(run_async(run_bench(op, args)), args.json)
+        elif args.command == "transcript":
+            return _cmd_transcript(args)
+        elif args.command == "demo":
+            from .demo import run_demo
+
+            return run_demo(args)
+    except KeyboardInterrupt:
+        print("secmoe: interrupted", file=sys.stderr)
+        return 130
+    except (NetError, PartyError, ValueError, OSError) as exc:
+        print(f"secmoe: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

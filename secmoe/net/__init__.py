@@ -1,0 +1,35 @@
+"""The net layer: bytes between two parties (channel, codec, transports, accounting)."""
+
+from .channel import DEFAULT_TIMEOUT, Channel, Link, Session
+from .errors import (
+    ChannelTimeout,
+    HandshakeError,
+    NetError,
+    PartyError,
+    PeerDisconnected,
+    ProtocolError,
+    TagMismatch,
+)
+from .memory import memory_pair
+from .run import run_local, run_pair
+from .stats import Counter, Delta, Stats
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Channel",
+    "ChannelTimeout",
+    "Counter",
+    "Delta",
+    "HandshakeError",
+    "Link",
+    "NetError",
+    "PartyError",
+    "PeerDisconnected",
+    "ProtocolError",
+    "Session",
+    "Stats",
+    "TagMismatch",
+    "memory_pair",
+    "run_local",
+    "run_pair",
+]

@@ -1,0 +1,145 @@
+"""The command line, run as users run it: as subprocesses."""
+
+import json
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+SECMOE = [sys.executable, "-m", "secmoe.cli"]
+
+
+def run(*args, timeout=60, **kw):
+    return subprocess.run([*SECMOE, *args], capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_version():
+    out = run("--version")
+    assert out.returncode == 0 and out.stdout.startswith("secmoe ")
+
+
+def test_bench_channel_local_json():
+    out = run("bench", "channel", "--json", "--count", "4", "--pings", "10")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in (
+        "op",
+        "params",
+        "bytes_c2s",
+        "bytes_s2c",
+        "rounds",
+        "seconds",
+        "setup_bytes",
+        "setup_seconds",
+        "throughput_MBps",
+    ):
+        assert key in res
+    assert res["bytes_c2s"] > 4 * (1 << 20)
+
+
+def test_bench_channel_two_processes_identical_bytes(tmp_path):
+    port = free_port()
+    args = ["bench", "channel", "--json", "--count", "4", "--pings", "10"]
+    server = subprocess.Popen(
+        [
+            *SECMOE,
+            *args,
+            "--party",
+            "server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--transcript",
+            str(tmp_path / "s.jsonl"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client = run(*args, "--party", "client", "--connect", f"127.0.0.1:{port}")
+    sout, serr = server.communicate(timeout=60)
+    assert client.returncode == 0, client.stderr
+    assert server.returncode == 0, serr
+    c = json.loads(client.stdout.strip().splitlines()[-1])
+    s = json.loads(sout.strip().splitlines()[-1])
+    for key in ("bytes_c2s", "bytes_s2c", "rounds", "messages", "framing_bytes", "seconds"):
+        assert c[key] == s[key]
+    local = json.loads(run(*args).stdout.strip().splitlines()[-1])
+    assert (local["bytes_c2s"], local["bytes_s2c"], local["rounds"]) == (
+        c["bytes_c2s"],
+        c["bytes_s2c"],
+        c["rounds"],
+    )
+    summary = run("transcript", str(tmp_path / "s.jsonl"), "--json")
+    assert summary.returncode == 0
+    assert json.loads(summary.stdout)["total"]["messages"] > 0
+
+
+def test_listening_server_exits_nonzero_on_garbage():
+    port = free_port()
+    server = subprocess.Popen(
+        [*SECMOE, "bench", "channel", "--party", "server", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            sock = socket.create_connection(("127.0.0.1", port), timeout=1)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the server never listened"
+            time.sleep(0.05)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    _, err = server.communicate(timeout=30)
+    sock.close()
+    assert server.returncode == 1
+    assert err.count("\n") == 1 and err.startswith("secmoe: error:") and "secmoe party" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "msg"),
+    [
+        (["bench", "channel", "--party", "server"], "needs --listen"),
+        (["bench", "channel", "--party", "client", "--connect", "nohostport"], "HOST:PORT"),
+        (["bench", "channel", "--listen", "127.0.0.1:1"], "need --party"),
+        (["bench", "channel", "--size", "0"], "must be positive"),
+        (["bench", "nosuchop"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_give_one_line(args, msg):
+    out = run(*args)
+    assert out.returncode in (1, 2)
+    assert msg in out.stderr and "Traceback" not in out.stderr
+
+
+def test_port_in_use_is_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        out = run("bench", "channel", "--party", "server", "--listen", f"127.0.0.1:{port}")
+    assert out.returncode == 1 and "address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_unreachable_server_is_one_line():
+    out = run(
+        "bench",
+        "channel",
+        "--party",
+        "client",
+        "--connect",
+        f"127.0.0.1:{free_port()}",
+        "--connect-timeout",
+        "0.5",
+    )
+    assert out.returncode == 1 and "cannot connect" in out.stderr
