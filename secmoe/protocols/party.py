@@ -1,0 +1,43 @@
+"""A party's context for protocols: its channel, PRG, ring and (when set up) OT and HE state.
+
+Protocols are SPMD coroutines ``async def f(p: Party, …)`` that branch on ``p.role``.
+``p.fork(name)`` gives the context for a concurrent sub-protocol: a forked channel and an
+independent PRG (and, once the OT pool exists, an independent OT extension instance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ..crypto.prg import PRG
+from ..crypto.ring import DEFAULT_RING, Ring
+from ..net import Channel
+
+
+@dataclass(frozen=True)
+class Party:
+    """One party: ``ch`` (its end of the session), ``prg`` (its private randomness), ``ring``.
+
+    ``ot`` and ``he`` hold the session's OT pool and HE context once set up (explicitly, in
+    the ``setup`` phase); protocols that need them raise if they are missing.
+    """
+
+    ch: Channel
+    prg: PRG
+    ring: Ring = DEFAULT_RING
+    ot: Any = None
+    he: Any = None
+
+    @property
+    def role(self) -> str:
+        return self.ch.role
+
+    def fork(self, name: str) -> Party:
+        """The context for a concurrent sub-protocol named ``name``."""
+        ot = self.ot.fork(name) if self.ot is not None else None
+        return replace(self, ch=self.ch.fork(name), prg=self.prg.derive(name), ot=ot)
+
+    def with_ring(self, ring: Ring) -> Party:
+        """The same party computing on another ring (e.g. fewer bits for a comparison)."""
+        return replace(self, ring=ring)
