@@ -2,8 +2,10 @@
 
 An op declares its CLI arguments, the public parameters both parties must agree on (checked in
 the TCP handshake), an optional ``setup`` (run in the ``setup`` phase: base OTs, keys, weight
-encoding) and ``run`` (the measured operation). Both are SPMD coroutines ``f(ch, args, …)``
-that branch on ``ch.role``. ``run`` returns extra JSON fields (e.g. errors against plaintext).
+encoding, input sharing), ``run`` (the measured operation) and an optional ``check`` (run after
+the measurement, in the uncounted ``check`` phase: reveals and compares with plaintext). All are
+SPMD coroutines ``f(ch, args, …)`` that branch on ``ch.role``; ``check`` returns extra JSON
+fields (errors against plaintext); without one, ``run``'s output (a dict) is the extras.
 """
 
 from __future__ import annotations
@@ -16,11 +18,18 @@ from typing import Any
 from ..net import Channel
 
 SetupFn = Callable[[Channel, argparse.Namespace], Awaitable[Any]]
-RunFn = Callable[[Channel, argparse.Namespace, Any], Awaitable[dict[str, Any]]]
+RunFn = Callable[[Channel, argparse.Namespace, Any], Awaitable[Any]]
+CheckFn = Callable[[Channel, argparse.Namespace, Any, Any], Awaitable[dict[str, Any]]]
 
 
 async def _no_setup(ch: Channel, args: argparse.Namespace) -> None:
     return None
+
+
+async def _output_as_extras(
+    ch: Channel, args: argparse.Namespace, state: Any, output: Any
+) -> dict[str, Any]:
+    return output if isinstance(output, dict) else {}
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class BenchOp:
     params: Callable[[argparse.Namespace], dict[str, Any]]
     run: RunFn
     setup: SetupFn = field(default=_no_setup)
+    check: CheckFn = field(default=_output_as_extras)
 
 
 REGISTRY: dict[str, BenchOp] = {}

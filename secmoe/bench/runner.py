@@ -16,17 +16,20 @@ from .registry import BenchOp
 async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[str, Any]:
     """Run ``op`` as this party; both parties return the same figures.
 
-    Setup (keys, base OTs) is measured apart from the operation. At the end the parties swap
-    their timings and extra fields (in a ``report`` phase that is not counted), so that both
-    print the slower party's seconds and the union of the extras.
+    Setup (keys, base OTs) is measured apart from the operation, and the check against
+    plaintext after it. At the end the parties swap their timings and extra fields (in a
+    ``report`` phase that is not counted), so that both print the slower party's seconds and
+    the union of the extras.
     """
     with ch.phase("setup"):
         snap, t0 = ch.stats.snapshot(), time.perf_counter()
         state = await op.setup(ch, args)
         setup_s, setup = time.perf_counter() - t0, ch.stats.since(snap)
     snap, t0 = ch.stats.snapshot(), time.perf_counter()
-    extra = await op.run(ch, args, state)
+    output = await op.run(ch, args, state)
     seconds, cost = time.perf_counter() - t0, ch.stats.since(snap)
+    with ch.phase("check"):
+        extra = await op.check(ch, args, state, output)
     with ch.phase("report"):
         mine = {"seconds": seconds, "setup_seconds": setup_s, "extra": extra}
         if ch.role == "client":

@@ -16,6 +16,7 @@ Definitions (what every figure secmoe prints means):
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -84,9 +85,14 @@ class Counter:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Snapshot:
-    """Totals at one instant, for measuring an operation by difference."""
+    """Totals at one instant, for measuring an operation by difference.
+
+    While it is alive, the stats also track the span of depths of the messages recorded after
+    it (``window_min``/``window_max``): an operation's rounds are that span, so a first flight
+    that merges with the previous operation's last one is still counted.
+    """
 
     bytes_c2s: int
     bytes_s2c: int
@@ -94,6 +100,8 @@ class Snapshot:
     framing_s2c: int
     messages: int
     depth: int
+    window_min: int = 0
+    window_max: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,9 @@ class Stats:
 
     cells: dict[tuple[str, str], Counter] = field(default_factory=dict)
     depth: int = 0  # deepest message seen by this party (sent or received)
+    _windows: weakref.WeakSet[Snapshot] = field(
+        default_factory=weakref.WeakSet, repr=False, compare=False
+    )
 
     def record(
         self, phase: str, path: str, direction: str, payload: int, framing: int, depth: int
@@ -133,6 +144,9 @@ class Stats:
             cell = self.cells[(phase, path)] = Counter()
         cell.add(direction, payload, framing, depth)
         self.depth = max(self.depth, depth)
+        for snap in self._windows:
+            snap.window_min = depth if not snap.window_min else min(snap.window_min, depth)
+            snap.window_max = max(snap.window_max, depth)
 
     def total(self, phase: str | None = None) -> Counter:
         """Everything (or one phase), summed over paths."""
@@ -160,10 +174,13 @@ class Stats:
         return out
 
     def snapshot(self) -> Snapshot:
+        """The totals now; keep it alive to measure what follows with :meth:`since`."""
         t = self.total()
-        return Snapshot(
+        snap = Snapshot(
             t.bytes_c2s, t.bytes_s2c, t.framing_c2s, t.framing_s2c, t.messages, self.depth
         )
+        self._windows.add(snap)
+        return snap
 
     def since(self, snap: Snapshot) -> Delta:
         """The cost of everything since ``snap`` (rounds on the critical path)."""
@@ -174,7 +191,7 @@ class Stats:
             framing_c2s=now.framing_c2s - snap.framing_c2s,
             framing_s2c=now.framing_s2c - snap.framing_s2c,
             messages=now.messages - snap.messages,
-            rounds=now.depth - snap.depth,
+            rounds=snap.window_max - snap.window_min + 1 if snap.window_max else 0,
         )
 
     def summary(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
+from .ot.pool import OTPool
 
 
 @dataclass(frozen=True)
@@ -26,8 +27,21 @@ class Party:
     ch: Channel
     prg: PRG
     ring: Ring = DEFAULT_RING
-    ot: Any = None
+    ot: OTPool | None = None
     he: Any = None
+
+    @classmethod
+    async def setup(
+        cls, ch: Channel, prg: PRG | None = None, ring: Ring = DEFAULT_RING, ot_source: str = "iknp"
+    ) -> Party:
+        """A party with its OT pool set up (base OTs both ways, in the ``setup`` phase).
+
+        The pool runs on the channel's ``ot`` fork, so OT traffic is accounted under ``ot/…``
+        and never shares a FIFO with protocol messages.
+        """
+        prg = PRG() if prg is None else prg
+        pool = await OTPool.setup(ch.fork("ot"), prg.derive("ot"), source=ot_source)
+        return cls(ch, prg, ring, pool)
 
     @property
     def role(self) -> str:

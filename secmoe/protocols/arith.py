@@ -1,0 +1,145 @@
+"""Secret × secret multiplication and fixed-point truncation over Z_{2^ℓ}.
+
+Shares are ``uint64`` arrays (:mod:`secmoe.protocols.shares`). Additive correlated OTs come
+from the session's OT pool (``p.ot.acot_send``/``acot_recv``), so no trusted dealer is
+involved.
+
+Who learns what: nothing; OT outputs mask every value that crosses the wire.
+
+REF: Gilboa, "Two party RSA key generation", CRYPTO 1999 (products from OT), as used in
+Demmler–Schneider–Zohner ABY (NDSS 2015, §III-D); the truncation's wrap bit with a known most
+significant bit follows Rathee et al., SiRnn (eprint 2021/459), §4 ("MSB-to-Wrap").
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from ..crypto.ring import Ring
+from .cost import Cost
+from .ot.pool import OTPool
+from .party import Party
+
+CLIENT, SERVER = "client", "server"
+
+
+def step_bits(x: np.ndarray, bits: int) -> np.ndarray:
+    """The low ``bits`` bits of each element, LSB first: shape ``x.shape + (bits,)``, bool."""
+    shifts = np.arange(bits, dtype=np.uint64)
+    return ((np.asarray(x, dtype=np.uint64)[..., None] >> shifts) & np.uint64(1)).astype(bool)
+
+
+def step_powers(x: np.ndarray, ring: Ring) -> np.ndarray:
+    """x·2^i mod 2^ℓ for i < ℓ: the Gilboa correlations, shape ``x.shape + (ℓ,)``."""
+    shifts = np.arange(ring.bits, dtype=np.uint64)
+    return ring.reduce(np.asarray(x, dtype=np.uint64)[..., None] << shifts)
+
+
+def ideal_mul(x: np.ndarray, y: np.ndarray, ring: Ring) -> np.ndarray:
+    """x·y mod 2^ℓ."""
+    return ring.reduce(np.asarray(x, np.uint64) * np.asarray(y, np.uint64))
+
+
+def ideal_trunc(x: np.ndarray, ring: Ring, shift: int | None = None) -> np.ndarray:
+    """⌊x / 2^shift⌋ on the signed value (the protocol may return one less)."""
+    s = ring.frac_bits if shift is None else shift
+    return ring.from_signed(ring.to_signed(x) >> np.int64(s))
+
+
+async def _cross(p: Party, sender: str, mine: np.ndarray) -> np.ndarray:
+    """Shares of x_sender · y_receiver (this party's input ``mine``), by ℓ COTs per element.
+
+    The receiver chooses with the bits of its y; the sender's correlation for bit i is x·2^i.
+    The receiver gets Σ_i (r_i + y_i·x·2^i) = R + x·y; the sender keeps −R.
+    """
+    ring = p.ring
+    if p.role == sender:
+        r = await p.ot.acot_send(step_powers(mine, ring).reshape(-1), ring.bits)
+        return ring.reduce(np.uint64(0) - r.reshape(*mine.shape, ring.bits).sum(-1))
+    got = await p.ot.acot_recv(step_bits(mine, ring.bits).reshape(-1), ring.bits)
+    return ring.reduce(got.reshape(*mine.shape, ring.bits).sum(-1, dtype=np.uint64))
+
+
+async def mul(p: Party, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Shares of x·y mod 2^ℓ (elementwise; no truncation).
+
+    Message flow: the two cross products x_c·y_s and x_s·y_c, one COT batch each way,
+    concurrently. Cost: 2·n·ℓ COTs of ℓ bits (:func:`mul_cost`).
+    """
+    ring = p.ring
+    x, y = (ring.reduce(np.asarray(v, dtype=np.uint64)) for v in np.broadcast_arrays(x, y))
+    a, b = p.fork("mul_c"), p.fork("mul_s")
+    # Step 1: x_c·y_s (client sends), Step 2: x_s·y_c (server sends), concurrently.
+    t1, t2 = await asyncio.gather(
+        _cross(a, CLIENT, x if p.role == CLIENT else y),
+        _cross(b, SERVER, x if p.role == SERVER else y),
+    )
+    return ring.reduce(x * y + t1 + t2)
+
+
+async def square(p: Party, x: np.ndarray) -> np.ndarray:
+    """Shares of x² = x_c² + x_s² + 2·x_c·x_s: one cross product (half of :func:`mul`)."""
+    ring = p.ring
+    x = ring.reduce(np.asarray(x, dtype=np.uint64))
+    t = await _cross(p.fork("sq"), CLIENT, x)
+    return ring.reduce(x * x + np.uint64(2) * t)
+
+
+def cost_square(pool: OTPool, n: int, ring: Ring) -> Cost:
+    """Declared cost of :func:`square`: n·ℓ additive COTs of ℓ bits, client as sender."""
+    return Cost.of_ot(pool.cost("acot", n * ring.bits, ring.bits), CLIENT)
+
+
+def cost_mul(pool: OTPool, n: int, ring: Ring) -> Cost:
+    """Declared cost of :func:`mul`: two :func:`square`-sized batches, one each way."""
+    return cost_square(pool, n, ring) | Cost.of_ot(
+        pool.cost("acot", n * ring.bits, ring.bits), SERVER
+    )
+
+
+def cost_trunc(pool: OTPool, n: int, ring: Ring) -> Cost:
+    """Declared cost of :func:`trunc`: n additive COTs of ℓ bits."""
+    return Cost.of_ot(pool.cost("acot", n, ring.bits), CLIENT)
+
+
+async def trunc(p: Party, x: np.ndarray, shift: int | None = None) -> np.ndarray:
+    """Shares of ⌊x / 2^shift⌋ (or one less: the low bits' carry is dropped), default shift f.
+
+    Requires |x| < 2^(ℓ−2) (documented range; a fixed-point product of values below 2^10 in
+    magnitude at f = 18 is below 2^56). Adding the public bias B = 2^(ℓ−2) makes y = x + B
+    non-negative with MSB 0; then the wrap bit of the shares is w = MSB(y_c) ∨ MSB(y_s), and
+
+        ⌊y/2^s⌋ − c = (y_c ≫ s) + (y_s ≫ s) − w·2^(ℓ−s),   c ∈ {0, 1}.
+
+    The result is ⌊x/2^s⌋ or ⌊x/2^s⌋ − 1 (c is the carry of the shares' low s bits): never a
+    gross (wrap-around) error inside the range.
+
+    Message flow: one COT batch (the AND of the two MSBs), client as sender.
+    Cost: n COTs of ℓ bits.
+    """
+    ring = p.ring
+    s = ring.frac_bits if shift is None else shift
+    x = ring.reduce(np.asarray(x, dtype=np.uint64))
+    bias = np.uint64(1 << (ring.bits - 2))
+    y = ring.reduce(x + bias) if p.role == CLIENT else x
+    top = np.uint64(ring.bits - 1)
+    msb = ((y >> top) & np.uint64(1)).reshape(-1)
+    # Step 1: arithmetic shares of a·b (a = the client's MSB, b = the server's) by one COT.
+    if p.role == CLIENT:
+        ab = ring.reduce(np.uint64(0) - await p.ot.acot_send(msb, ring.bits))
+    else:
+        ab = await p.ot.acot_recv(msb.astype(bool), ring.bits)
+    # Step 2: w = a + b − a·b, each party from its own MSB.
+    w = ring.reduce(msb - ab).reshape(x.shape)
+    # Step 3: shift each share, remove the wrap, remove the bias.
+    z = ring.reduce((y >> np.uint64(s)) - w * np.uint64(1 << (ring.bits - s)))
+    if p.role == CLIENT:
+        z = ring.reduce(z - (bias >> np.uint64(s)))
+    return z
+
+
+async def mul_fixed(p: Party, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Fixed-point product: trunc(x·y) by f bits."""
+    return await trunc(p, await mul(p, x, y))

@@ -1,0 +1,85 @@
+"""Measured communication equals each protocol's declared cost."""
+
+import numpy as np
+import pytest
+
+from secmoe.crypto.ring import Ring
+from secmoe.protocols import arith, boolean, compare
+from tests.protocols.helpers import mine, run_parties, split
+
+R64, R32 = Ring(64, 18), Ring(32, 10)
+
+
+def measured(fn, declare, exact_rounds, ring=R64):
+    """Run ``fn(p)`` after setup and check the channel's figures against ``declare(pool)``."""
+
+    async def body(p):
+        snap = p.ch.stats.snapshot()
+        await fn(p)
+        declare(p.ot).check(p.ch.stats.since(snap), exact_rounds)
+        return True
+
+    return run_parties(body, ring)
+
+
+N = 77
+X = split(R64.from_signed(np.arange(-38, 39)), R64)
+B = (np.arange(N) % 3 == 0, np.arange(N) % 2 == 0)
+
+
+@pytest.mark.parametrize(
+    ("name", "fn", "declare", "exact"),
+    [
+        ("b2a", lambda p: boolean.b2a(p, mine(p, B)), lambda o: boolean.cost_b2a(o, N, 64), True),
+        (
+            "mux",
+            lambda p: boolean.mux(p, mine(p, B), mine(p, X)),
+            lambda o: boolean.cost_mux(o, N, 64),
+            True,
+        ),
+        (
+            "and",
+            lambda p: boolean.and_(p, mine(p, B), mine(p, B)),
+            lambda o: boolean.cost_and(o, N),
+            True,
+        ),
+        (
+            "mul",
+            lambda p: arith.mul(p, mine(p, X), mine(p, X)),
+            lambda o: arith.cost_mul(o, N, R64),
+            True,
+        ),
+        (
+            "square",
+            lambda p: arith.square(p, mine(p, X)),
+            lambda o: arith.cost_square(o, N, R64),
+            True,
+        ),
+        (
+            "trunc",
+            lambda p: arith.trunc(p, mine(p, X)),
+            lambda o: arith.cost_trunc(o, N, R64),
+            True,
+        ),
+        (
+            "millionaires",
+            lambda p: compare.millionaires(p, mine(p, X), 64, want_eq=True),
+            lambda o: compare.cost_millionaires(o, N, 64, want_eq=True),
+            False,
+        ),
+        (
+            "msb20",
+            lambda p: compare.msb(p, mine(p, X) & np.uint64(2**20 - 1), 20),
+            lambda o: compare.cost_msb(o, N, 20),
+            False,
+        ),
+        (
+            "relu",
+            lambda p: compare.relu(p, mine(p, X), 24),
+            lambda o: compare.cost_relu(o, N, 64, 24),
+            False,
+        ),
+    ],
+)
+async def test_measured_equals_declared(name, fn, declare, exact):
+    assert await measured(fn, declare, exact) == (True, True)
