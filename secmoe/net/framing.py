@@ -93,16 +93,24 @@ class FrameDecoder:
         self._limit = max_frame + HLEN.size + MAX_HEADER
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Add bytes; return the frames completed by them."""
-        self._buf += data
-        out = []
-        while len(self._buf) >= LEN.size:
-            (n,) = LEN.unpack_from(self._buf)
+        """Add bytes; return the frames completed by them.
+
+        Whole frames are parsed in place from ``data``; only an incomplete tail is buffered.
+        """
+        if self._buf:
+            self._buf += data
+            data, self._buf = bytes(self._buf), bytearray()
+        view = memoryview(data)
+        out, pos, end = [], 0, len(view)
+        while end - pos >= LEN.size:
+            (n,) = LEN.unpack_from(view, pos)
             check_frame_length(n, self._limit)
-            if len(self._buf) < LEN.size + n:
+            if end - pos - LEN.size < n:
                 break
-            out.append(parse_body(bytes(self._buf[LEN.size : LEN.size + n])))
-            del self._buf[: LEN.size + n]
+            out.append(parse_body(view[pos + LEN.size : pos + LEN.size + n]))
+            pos += LEN.size + n
+        if pos < end:
+            self._buf = bytearray(view[pos:])
         return out
 
     @property
