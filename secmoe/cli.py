@@ -112,6 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--depth", type=int, default=2, help="path components in the table")
     tr.add_argument("--json", action="store_true")
 
+    model = sub.add_parser("model", help="model files: presets, random initialization")
+    msub = model.add_subparsers(dest="model_cmd", required=True)
+    init = msub.add_parser("init", help="random weights for a preset, as safetensors + config")
+    init.add_argument("preset", help="a preset name (see `secmoe model presets`)")
+    init.add_argument("out", help="output path (.safetensors is added if missing)")
+    init.add_argument("--seed", type=int, default=0, help="initialization seed (public)")
+    msub.add_parser("presets", help="list the presets")
+
     demo = sub.add_parser("demo", help="a two-party demonstration in one process")
     demo.add_argument("--json", action="store_true")
     return parser
@@ -187,6 +195,20 @@ def _cmd_transcript(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_model(args: argparse.Namespace) -> int:
+    from .model.config import preset_names
+    from .model.weights import init_and_save
+
+    if args.model_cmd == "presets":
+        print("\n".join(preset_names()))
+        return 0
+    if args.preset not in preset_names():
+        raise ValueError(f"unknown preset {args.preset!r}; choose from {preset_names()}")
+    path = init_and_save(args.preset, args.out, args.seed)
+    print(f"wrote {path} (and its config JSON)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``secmoe`` console script."""
     parser = build_parser()
@@ -199,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _print_result(run_async(run_bench(op, args)), args.json)
         elif args.command == "transcript":
             return _cmd_transcript(args)
+        elif args.command == "model":
+            return _cmd_model(args)
         elif args.command == "demo":
             from .demo import run_demo
 
