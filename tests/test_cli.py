@@ -143,3 +143,26 @@ def test_unreachable_server_is_one_line():
         "0.5",
     )
     assert out.returncode == 1 and "cannot connect" in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "check"),
+    [
+        (
+            ["ot", "--kind", "acot", "--bits", "64", "--n", "1000"],
+            lambda r: r["bytes_per_item"] == pytest.approx(24, abs=0.1),
+        ),
+        (["relu", "--n", "300", "--bits", "24"], lambda r: r["max_abs_err_ulp"] == 0),
+        (
+            ["topk", "--n", "20", "--experts", "5", "--k", "2", "--bits", "24"],
+            lambda r: r["max_abs_err_ulp"] == 0,
+        ),
+        (["trunc", "--n", "300"], lambda r: r["max_abs_err_ulp"] <= 1),
+    ],
+)
+def test_bench_ops_json(args, check):
+    out = run("bench", *args, "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["setup_bytes"] > 0 and res["bytes_c2s"] + res["bytes_s2c"] > 0
+    assert check(res)

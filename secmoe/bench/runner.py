@@ -41,6 +41,8 @@ async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[
     client, server = (mine, theirs) if ch.role == "client" else (theirs, mine)
     seconds = max(seconds, theirs["seconds"])
     wire = cost.bytes_total + cost.framing_c2s + cost.framing_s2c
+    n = op.params(args).get("n")
+    per_item = {"bytes_per_item": cost.bytes_total / n, "items_per_s": n / seconds} if n else {}
     return {
         "op": op.name,
         "params": op.params(args),
@@ -59,6 +61,7 @@ async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[
         }
         if args.net is None
         else {},
+        **per_item,
         **server["extra"],
         **client["extra"],
     }

@@ -5,7 +5,8 @@ A *block* is a 128-bit value. Arrays of blocks are ``uint64`` arrays whose last 
 array (``.view(np.uint8)``) in AES's byte order.
 
 :func:`tccr` is the tweakable circular correlation-robust hash of Guo–Katz–Wang–Yu
-(REF: eprint 2019/074, §7.4), built from a fixed-key permutation π = AES-128 under a public key::
+(REF: eprint 2019/074, "Efficient and Secure Multiparty Computation from Fixed-Key Block
+Ciphers"), built from a fixed-key permutation π = AES-128 under a public key::
 
     H(i, x) = π(π(x) ⊕ i) ⊕ π(x)
 

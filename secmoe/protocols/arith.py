@@ -42,6 +42,11 @@ def ideal_mul(x: np.ndarray, y: np.ndarray, ring: Ring) -> np.ndarray:
     return ring.reduce(np.asarray(x, np.uint64) * np.asarray(y, np.uint64))
 
 
+def ideal_div_public(x: np.ndarray, d: int, ring: Ring) -> np.ndarray:
+    """⌊x / d⌋ on the signed value (the protocol may differ by one)."""
+    return ring.from_signed(np.floor_divide(ring.to_signed(x), np.int64(d)))
+
+
 def ideal_trunc(x: np.ndarray, ring: Ring, shift: int | None = None) -> np.ndarray:
     """⌊x / 2^shift⌋ on the signed value (the protocol may return one less)."""
     s = ring.frac_bits if shift is None else shift
@@ -100,32 +105,30 @@ def cost_mul(pool: OTPool, n: int, ring: Ring) -> Cost:
 
 
 def cost_trunc(pool: OTPool, n: int, ring: Ring) -> Cost:
-    """Declared cost of :func:`trunc`: n additive COTs of ℓ bits."""
+    """Declared cost of :func:`trunc` and :func:`div_public`: n additive COTs of ℓ bits."""
     return Cost.of_ot(pool.cost("acot", n, ring.bits), CLIENT)
 
 
-async def trunc(p: Party, x: np.ndarray, shift: int | None = None) -> np.ndarray:
-    """Shares of ⌊x / 2^shift⌋ (or one less: the low bits' carry is dropped), default shift f.
+async def div_public(p: Party, x: np.ndarray, d: int) -> np.ndarray:
+    """Shares of ⌊x / d⌋ (±1) for a public integer d ≥ 1; truncation is d = 2^s.
 
-    Requires |x| < 2^(ℓ−2) (documented range; a fixed-point product of values below 2^10 in
-    magnitude at f = 18 is below 2^56). Adding the public bias B = 2^(ℓ−2) makes y = x + B
-    non-negative with MSB 0; then the wrap bit of the shares is w = MSB(y_c) ∨ MSB(y_s), and
+    Requires |x| < 2^(ℓ−2) − d. Adding the public bias B = d·⌊2^(ℓ−2)/d⌋ makes y = x + B
+    non-negative with MSB 0, so the wrap bit of the shares is w = MSB(y_c) ∨ MSB(y_s) (one COT
+    for the AND). With y_i = d·q_i + r_i and 2^ℓ = d·Q + R:
 
-        ⌊y/2^s⌋ − c = (y_c ≫ s) + (y_s ≫ s) − w·2^(ℓ−s),   c ∈ {0, 1}.
+        ⌊y/d⌋ = q_c + q_s − w·Q + ⌊(r_c + r_s − w·R)/d⌋,
 
-    The result is ⌊x/2^s⌋ or ⌊x/2^s⌋ − 1 (c is the carry of the shares' low s bits): never a
-    gross (wrap-around) error inside the range.
+    and the last term (in {−1, 0, 1}; in {0, 1} for d = 2^s, where R = 0) is dropped.
 
-    Message flow: one COT batch (the AND of the two MSBs), client as sender.
-    Cost: n COTs of ℓ bits.
+    Message flow: one additive-COT batch, client as sender. Cost: n COTs of ℓ bits.
     """
+    if d < 1:
+        raise ValueError(f"public divisor must be ≥ 1, got {d}")
     ring = p.ring
-    s = ring.frac_bits if shift is None else shift
     x = ring.reduce(np.asarray(x, dtype=np.uint64))
-    bias = np.uint64(1 << (ring.bits - 2))
-    y = ring.reduce(x + bias) if p.role == CLIENT else x
-    top = np.uint64(ring.bits - 1)
-    msb = ((y >> top) & np.uint64(1)).reshape(-1)
+    bias = d * ((1 << (ring.bits - 2)) // d)
+    y = ring.reduce(x + np.uint64(bias)) if p.role == CLIENT else x
+    msb = ((y >> np.uint64(ring.bits - 1)) & np.uint64(1)).reshape(-1)
     # Step 1: arithmetic shares of a·b (a = the client's MSB, b = the server's) by one COT.
     if p.role == CLIENT:
         ab = ring.reduce(np.uint64(0) - await p.ot.acot_send(msb, ring.bits))
@@ -133,11 +136,22 @@ async def trunc(p: Party, x: np.ndarray, shift: int | None = None) -> np.ndarray
         ab = await p.ot.acot_recv(msb.astype(bool), ring.bits)
     # Step 2: w = a + b − a·b, each party from its own MSB.
     w = ring.reduce(msb - ab).reshape(x.shape)
-    # Step 3: shift each share, remove the wrap, remove the bias.
-    z = ring.reduce((y >> np.uint64(s)) - w * np.uint64(1 << (ring.bits - s)))
+    # Step 3: divide each share, remove the wrap, remove the bias.
+    wrap = np.uint64(((1 << ring.bits) // d) % (1 << 64))
+    z = ring.reduce(y // np.uint64(d) - w * wrap)
     if p.role == CLIENT:
-        z = ring.reduce(z - (bias >> np.uint64(s)))
+        z = ring.reduce(z - np.uint64(bias // d))
     return z
+
+
+async def trunc(p: Party, x: np.ndarray, shift: int | None = None) -> np.ndarray:
+    """Shares of ⌊x / 2^shift⌋ or one less (default shift f): :func:`div_public` by 2^shift.
+
+    Requires |x| < 2^(ℓ−2) − 2^shift (a fixed-point product of values below 2^10 in magnitude at
+    f = 18 is below 2^56): never a gross (wrap-around) error inside that range.
+    """
+    s = p.ring.frac_bits if shift is None else shift
+    return await div_public(p, x, 1 << s)
 
 
 async def mul_fixed(p: Party, x: np.ndarray, y: np.ndarray) -> np.ndarray:

@@ -297,3 +297,16 @@ def test_bad_arguments():
         iknp.field_width(65)
     with pytest.raises(ValueError):
         iknp.chunk_sizes(10, 3)
+
+
+async def test_iknp_delta_lsb_one():
+    from secmoe.protocols.ot.iknp import IknpReceiver, IknpSender
+
+    async def sender(ch):
+        return await IknpSender.setup(ch, _rng("lsb"), "x", delta_lsb_one=True)
+
+    async def receiver(ch):
+        return await IknpReceiver.setup(ch, _rng("lsb-r"), "x")
+
+    snd, _ = await run_local(sender, receiver, timeout=30)
+    assert int(snd.delta[0]) & 1 == 1

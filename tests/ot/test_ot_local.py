@@ -10,11 +10,12 @@ from secmoe.crypto.bitmatrix import (
     pack_bits,
     packed_size,
     transpose,
+    transpose_2d,
     unpack_bits,
     words_to_bits,
 )
 from secmoe.crypto.prg import PRG
-from secmoe.protocols.ot import base
+from secmoe.protocols.ot import base, iknp, kkot
 
 # -- fixed-key AES hash ---------------------------------------------------------------------
 
@@ -200,3 +201,46 @@ def test_bin_size_is_msgpack_bin():
 
     for n in (0, 1, 255, 256, 65535, 65536, 100_000):
         assert base.bin_size(n) == len(encode(bytes(n)))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (300, 7), (1024, 256), (257, 1024)])
+def test_transpose_2d(shape):
+    a = PRG(b"2" * 16).uint8(shape)
+    np.testing.assert_array_equal(transpose_2d(a), a.T)
+
+
+# -- 1-out-of-N steps with ideal COTs (no channel) -------------------------------------------
+
+
+@pytest.mark.parametrize(("n_choices", "bits"), [(2, 1), (5, 3), (16, 2), (256, 8), (8, 40)])
+def test_kkot_steps(n_choices, bits):
+    g = PRG(b"k" * 16)
+    c = 50
+    m = kkot.index_bits(n_choices)
+    x = g.below(n_choices, c).astype(np.int64)
+    msgs = g.ring((c, n_choices), bits)
+    delta = g.uint64(2)
+    r = ((x[:, None] >> np.arange(m)) & 1).astype(bool).reshape(-1)
+    q, t = iknp.ideal(delta, r, g)
+    p0 = kkot.step_pads(q, 0, 9, m, bits)
+    p1 = kkot.step_pads(q ^ delta, 0, 9, m, bits)
+    ct = kkot.step_encrypt(msgs, p0, p1) & np.uint64((1 << bits) - 1)
+    pad = kkot.step_receiver_pad(kkot.step_pads(t, 0, 9, m, bits), x)
+    got = kkot.step_decrypt(ct.astype(np.uint64), pad, x) & np.uint64((1 << bits) - 1)
+    np.testing.assert_array_equal(got, kkot.ideal(msgs, x))
+    # Any other index decrypts to garbage (w.h.p. over 50 transfers).
+    wrong = kkot.step_decrypt(ct.astype(np.uint64), pad, (x + 1) % n_choices)
+    assert not np.array_equal(
+        wrong & np.uint64((1 << bits) - 1), kkot.ideal(msgs, (x + 1) % n_choices)
+    )
+
+
+def test_iknp_steps_give_the_correlation():
+    g = PRG(b"i" * 16)
+    words = 3
+    g0, g1, r = g.uint64((128, words)), g.uint64((128, words)), g.bits(64 * words)
+    s = g.bits(128)
+    u, t = iknp.step_receiver(g0, g1, bits_to_words(r))
+    mask = np.where(s, ~np.uint64(0), np.uint64(0))
+    q = iknp.step_sender(np.where(s[:, None], g1, g0), u.copy(), mask)
+    np.testing.assert_array_equal(t, q ^ (r[:, None] * bits_to_words(s)))

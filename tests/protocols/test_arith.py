@@ -98,3 +98,17 @@ async def test_and_b2a_mux():
     np.testing.assert_array_equal(opened_bits((cz, sz)), x & y)
     np.testing.assert_array_equal(opened((ca, sa), R64), x.astype(np.uint64))
     np.testing.assert_array_equal(opened((cm, sm), R64), np.where(x, v, 0).astype(np.uint64))
+
+
+@pytest.mark.parametrize("d", [3, 7, 768, 1000003])
+async def test_div_public(d):
+    rng = np.random.default_rng(d)
+    x = np.concatenate([rng.integers(-(2**60), 2**60, 5000), [0, 1, -1, d, -d, d - 1, 2**61]])
+    xs = split(R64.from_signed(x), R64)
+
+    async def body(p):
+        return await arith.div_public(p, mine(p, xs), d)
+
+    got = R64.to_signed(opened(await run_parties(body), R64))
+    want = R64.to_signed(arith.ideal_div_public(R64.from_signed(x), d, R64))
+    assert set((got - want).tolist()) <= {-1, 0, 1}

@@ -6,10 +6,10 @@ receiver, with choice bits ``c_i``, outputs ``k_{c_i}``. The keys seed the IKNP 
 Who learns what (semi-honest): the sender learns nothing about c (B_i is a uniform group element
 whatever c_i is); the receiver learns nothing about k_{1−c_i} (computing it is CDH).
 
-REF: T. Chou, C. Orlandi, "The Simplest Protocol for Oblivious Transfer", eprint 2015/267,
-Fig. 1. We use it in the semi-honest setting only (its UC-security issues under malicious
-receivers, eprint 2017/1011, do not apply). Keys are hashed with the transcript (A, B_i) and
-the index i, as in the paper's random-oracle key derivation.
+REF: T. Chou, C. Orlandi, "The Simplest Protocol for Oblivious Transfer", eprint 2015/267.
+We use it in the semi-honest setting only (its known gaps under malicious parties in the UC
+model do not apply). Keys are hashed with the transcript (A, B_i) and the index i, as in the
+paper's random-oracle key derivation.
 
 Message flow::
 

@@ -12,9 +12,10 @@ learns nothing about r; the receiver never learns Δ = s (the base-OT choices), 
 i.e. the other message after hashing, stays hidden (correlation robustness).
 
 REF: Y. Ishai, J. Kilian, K. Nissim, E. Petrank, "Extending Oblivious Transfers Efficiently",
-CRYPTO 2003 (IKNP03), with the optimizations and step numbering of Asharov–Lindell–Schneider–
-Zohner, eprint 2013/552 (ALSZ13), Protocol 4: the receiver's G(k^0) serves as T directly, so
-one message of κ bits per OT.
+CRYPTO 2003 (IKNP03), in the form of Asharov–Lindell–Schneider–Zohner, eprint 2013/552
+(ALSZ13): base OTs on PRG seeds, the receiver's G(k_i^0) used as T itself (one κ-bit column
+per OT on the wire), and the correlated (C-OT) and random (R-OT) variants. Steps are numbered
+as in the diagrams below.
 
 Message flow (one ``u`` message per chunk of at most :data:`CHUNK` OTs)::
 
@@ -26,8 +27,10 @@ Message flow (one ``u`` message per chunk of at most :data:`CHUNK` OTs)::
     Step 3: q^i = G(k_i^{s_i}) ⊕ s_i·u^i
     rows: q_j = t_j ⊕ r_j·s  (a bit-matrix transpose on each side)
 
-Cost per run of n COTs: receiver → sender Σ_chunks (16·⌈c/8⌉·8 + 5) bytes ≈ 16 n B; sender →
-receiver 0; 1 round. Base OTs (setup): see :mod:`secmoe.protocols.ot.base`.
+Cost per run of n COTs (chunks of c OTs): receiver → sender Σ_chunks (128·⌈c/8⌉ + 5) bytes
+≈ 16·n B; sender → receiver 0; 1 round. Derived OTs add, sender → receiver, in one more round:
+chosen-message OT 2·k·ℓ bits per OT, additive COT k·ℓ bits per OT; random OT adds nothing.
+Base OTs (setup): see :mod:`secmoe.protocols.ot.base`.
 
 Each party's work per chunk (AES-CTR column expansion, xor, transpose) runs in a worker thread
 (numpy releases the GIL), so in local mode the two parties overlap.
@@ -153,9 +156,17 @@ class IknpSender:
         return bits_to_words(self.s)
 
     @classmethod
-    async def setup(cls, ch: Channel, prg: PRG, label: str) -> IknpSender:
-        """Step 1: 128 base OTs as their receiver, with random choices s."""
+    async def setup(
+        cls, ch: Channel, prg: PRG, label: str, *, delta_lsb_one: bool = False
+    ) -> IknpSender:
+        """Step 1: 128 base OTs as their receiver, with random choices s.
+
+        ``delta_lsb_one`` fixes bit 0 of Δ to 1 (a 127-bit Δ, as emp-ot does for Ferret and
+        garbling, where lsb(Δ) = 1 lets the choice bit ride in the receiver's block).
+        """
         s = words_to_bits(prg.uint64(2), KAPPA)
+        if delta_lsb_one:
+            s[0] = True
         seeds = await base.recv(ch, s, prg, label)
         return cls(s, seeds, label)
 
@@ -183,6 +194,7 @@ class IknpSender:
             u[:, :nb] = np.frombuffer(raw, dtype=np.uint8).reshape(KAPPA, nb)
 
             def work(u: np.ndarray = u, words: int = words) -> np.ndarray:
+                # Step 3: q^i = G(k_i^{s_i}) ⊕ s_i·u^i, then rows.
                 g = _expand(self._prgs, words)
                 return step_sender(g, u.view(np.uint64), self._mask)
 
@@ -228,6 +240,7 @@ class IknpReceiver:
         words, nb = r_words.size, -(-c // 8)
 
         def work() -> tuple[bytes, np.ndarray]:
+            # Step 2: t^i = G(k_i^0), u^i = t^i ⊕ G(k_i^1) ⊕ r; t's rows are the outputs.
             g0, g1 = _expand(self._prgs0, words), _expand(self._prgs1, words)
             u, t = step_receiver(g0, g1, r_words)
             return u.view(np.uint8)[:, :nb].tobytes(), t

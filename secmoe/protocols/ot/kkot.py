@@ -8,7 +8,7 @@ Who learns what: the sender learns nothing (its view is m COTs per transfer); th
 learns M_j[x_j] only: every other pad contains a hash of a key it does not hold.
 
 REF: the 1-out-of-N from log N 1-out-of-2 construction of Naor–Pinkas ("Oblivious Transfer and
-Polynomial Evaluation", STOC 1999, §2.1), instantiated with random OTs from a COT source
+Polynomial Evaluation", STOC 1999), instantiated with random OTs from a COT source
 (IKNP03 / ALSZ13 hashing, eprint 2013/552). KK13 (eprint 2013/491) is the alternative for IKNP.
 
 Construction: for bit i of the index, COT (j, i) gives the sender keys K_i^0 = q, K_i^1 = q ⊕ Δ

@@ -47,20 +47,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from secmoe.crypto.prg import PRG
 from secmoe.net import Channel
-from secmoe.protocols.ot import iknp, kkot
+from secmoe.protocols.ot import base, iknp, kkot
 from secmoe.protocols.ot.base import Cost, CotReceiver, CotSender
 
 SOURCES: dict[str, tuple[Any, Any]] = {"iknp": (iknp.IknpSender, iknp.IknpReceiver)}
-
-ROLES = ("client", "server")
 
 
 def _instance_label(sender_role: str) -> str:
@@ -107,7 +104,7 @@ class OTPool:
         """Declared cost of :meth:`setup` (both instances: bytes each way, messages, rounds)."""
         if source != "iknp":
             raise ValueError(f"no setup cost declared for {source!r}")
-        one = iknp.base.cost(iknp.KAPPA)
+        one = base.cost(iknp.KAPPA)
         total = one.sender_bytes + one.receiver_bytes
         return {"bytes_c2s": total, "bytes_s2c": total, "messages": 2 * one.messages, "rounds": 2}
 
@@ -214,7 +211,11 @@ class OTPool:
     def cost(
         self, kind: str, n: int, bits: int = 1, k: int | None = None, n_choices: int = 2
     ) -> Cost:
-        """Declared cost of one operation: kind ∈ {cot, rot, ot, acot, kkot}."""
+        """Declared cost of one operation: kind ∈ {cot, rot, ot, acot, kkot}.
+
+        Computed from this party's sender instance; both instances of a source cost the same.
+        Use ``.directed(sender_role)`` for channel terms (``bytes_c2s``, ``bytes_s2c``, …).
+        """
         src = self.sender
         if kind in ("cot", "rot"):
             return src.cost(n)
@@ -236,29 +237,23 @@ async def _collect(chunks: AsyncIterator[tuple[int, np.ndarray]], n: int) -> np.
     return out
 
 
-# -- benchmarks (time and bytes only: benchmarks never verify) -------------------------------
+# -- benchmark operations (the CLI measures them; benchmarks never verify) -------------------
 
 BENCH_KINDS = ("cot", "rot", "ot", "acot", "kkot")
+OTOperation = Callable[[], Awaitable[Any]]
 
 
-async def bench_setup(ch: Channel, prg: PRG) -> tuple[OTPool, dict[str, Any]]:
-    """Run :meth:`OTPool.setup` and measure it: returns the pool and a JSON-ready record."""
-    snap, t0 = ch.stats.snapshot(), time.perf_counter()
-    pool = await OTPool.setup(ch, prg)
-    return pool, _record("ot/setup", ch, snap, time.perf_counter() - t0, 2 * iknp.KAPPA)
-
-
-async def bench_ot(
-    ch: Channel,
+def bench_operation(
     pool: OTPool,
+    role: str,
     kind: str,
     n: int,
     bits: int = 1,
     *,
     n_choices: int = 16,
     sender: str = "client",
-) -> dict[str, Any]:
-    """Time one OT operation on this party; both parties call it with the same arguments.
+) -> OTOperation:
+    """One OT operation for ``secmoe bench ot``, with its inputs drawn now (not timed).
 
     Args:
         kind: ``cot`` (raw COT, random choices), ``rot`` (random OT, chosen choices), ``ot``
@@ -268,54 +263,30 @@ async def bench_ot(
         n_choices: N for kkot.
         sender: the role that acts as OT sender.
 
-    Returns:
-        ``{"op", "n", "bits", "n_choices", "role", "sender", "seconds", "ots_per_s",
-        "bytes_c2s", "bytes_s2c", "framing_c2s", "framing_s2c", "messages", "rounds",
-        "bytes_per_ot", "declared"}``. The inputs are drawn from a fixed public PRG.
+    The inputs come from a fixed public PRG: benchmark inputs are not secrets.
     """
     if kind not in BENCH_KINDS:
         raise ValueError(f"kind must be one of {BENCH_KINDS}, got {kind!r}")
     g = PRG(b"secmoe-bench-in\0")
-    is_sender = ch.role == sender
-    # Inputs first (not timed).
+    is_sender = role == sender
     if kind == "cot":
-        op = (
-            (lambda: pool.cot_send(n, random_choices=True))
-            if is_sender
-            else (lambda: pool.cot_recv_random(n))
-        )
-    elif kind == "rot":
+        if is_sender:
+            return lambda: pool.cot_send(n, random_choices=True)
+        return lambda: pool.cot_recv_random(n)
+    if kind == "rot":
         r = g.bits(n)
-        op = (lambda: pool.rot_send(n, bits)) if is_sender else (lambda: pool.rot_recv(r, bits))
-    elif kind == "ot":
+        return (lambda: pool.rot_send(n, bits)) if is_sender else (lambda: pool.rot_recv(r, bits))
+    if kind == "ot":
         m0, m1, r = g.ring(n, bits), g.ring(n, bits), g.bits(n)
-        op = (lambda: pool.ot_send(m0, m1, bits)) if is_sender else (lambda: pool.ot_recv(r, bits))
-    elif kind == "acot":
+        if is_sender:
+            return lambda: pool.ot_send(m0, m1, bits)
+        return lambda: pool.ot_recv(r, bits)
+    if kind == "acot":
         c, r = g.ring(n, bits), g.bits(n)
-        op = (lambda: pool.acot_send(c, bits)) if is_sender else (lambda: pool.acot_recv(r, bits))
-    else:
-        msgs, x = g.ring((n, n_choices), bits), g.below(n_choices, n)
-        op = (
-            (lambda: pool.kkot_send(msgs, bits))
-            if is_sender
-            else (lambda: pool.kkot_recv(x, n_choices, bits))
-        )
-    snap, t0 = ch.stats.snapshot(), time.perf_counter()
-    await op()
-    rec = _record(f"ot/{kind}", ch, snap, time.perf_counter() - t0, n)
-    rec.update(bits=bits, n_choices=n_choices if kind == "kkot" else 2, sender=sender)
-    rec["declared"] = pool.cost(kind, n, bits, n_choices=n_choices).directed(sender)
-    return rec
-
-
-def _record(op: str, ch: Channel, snap: Any, seconds: float, n: int) -> dict[str, Any]:
-    d = ch.stats.since(snap)
-    return {
-        "op": op,
-        "n": n,
-        "role": ch.role,
-        "seconds": seconds,
-        "ots_per_s": n / seconds if seconds > 0 else None,
-        **d.as_dict(),
-        "bytes_per_ot": d.bytes_total / n if n else None,
-    }
+        if is_sender:
+            return lambda: pool.acot_send(c, bits)
+        return lambda: pool.acot_recv(r, bits)
+    msgs, x = g.ring((n, n_choices), bits), g.below(n_choices, n)
+    if is_sender:
+        return lambda: pool.kkot_send(msgs, bits)
+    return lambda: pool.kkot_recv(x, n_choices, bits)
