@@ -50,6 +50,11 @@ def _add_net_args(p: argparse.ArgumentParser) -> None:
         help="shape the link: lan = 1 Gbit/s, 0.5 ms RTT; wan = 400 Mbit/s, 4 ms",
     )
     p.add_argument("--transcript", metavar="FILE", help="write a JSON-lines transcript")
+    p.add_argument(
+        "--transcript-payloads",
+        action="store_true",
+        help="also record every message's bytes (hex) in the transcript",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (last line)")
     p.add_argument(
         "--timeout",

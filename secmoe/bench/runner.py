@@ -85,7 +85,11 @@ def tls_from_args(args: argparse.Namespace) -> TLSConfig | None:
 async def run_bench(op: BenchOp, args: argparse.Namespace) -> dict[str, Any]:
     """Run ``op`` locally (both parties) or as ``args.party`` over TCP."""
     params = {"op": op.name, **op.params(args)}
-    writer = TranscriptWriter(args.transcript) if args.transcript else None
+    writer = (
+        TranscriptWriter(args.transcript, getattr(args, "transcript_payloads", False))
+        if args.transcript
+        else None
+    )
     try:
         if args.party is None:
             result, _ = await run_local(

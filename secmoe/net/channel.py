@@ -32,7 +32,7 @@ ROLES = ("client", "server")
 DEFAULT_TIMEOUT = 600.0  # seconds a party waits for its peer's next message
 DEFAULT_MAX_MESSAGE = 4 << 30  # 4 GiB
 
-Recorder = Callable[[dict[str, Any]], None]
+Recorder = Callable[[dict[str, Any], bytes], None]
 
 
 class Link(ABC):
@@ -159,7 +159,8 @@ class Session:
         for q in self._queues.values():
             q.put_nowait(err)
 
-    def record(self, event: dict[str, Any]) -> None:
+    def record(self, event: dict[str, Any], payload: bytes) -> None:
+        """Hand one message's event (and its payload) to the recorder, if any."""
         if self.recorder is not None:
             self._seq += 1
             event = {
@@ -168,7 +169,7 @@ class Session:
                 "party": self.role,
                 **event,
             }
-            self.recorder(event)
+            self.recorder(event, payload)
 
     async def close(self) -> None:
         """Close the link and stop the reader."""
@@ -220,7 +221,7 @@ class Channel:
         payload = encode(obj)
         depth = self.depth + 1
         framing = await self.session.send_message(self.path, tag, depth, payload)
-        self._account(tag, self.session.phase, len(payload), framing, depth, sending=True)
+        self._account(tag, self.session.phase, payload, framing, depth, sending=True)
 
     async def recv(self, *, tag: str, timeout: float | None = None) -> Any:
         """Receive the peer's next message on this path, which must carry ``tag``.
@@ -254,24 +255,25 @@ class Channel:
         while node is not None:
             node._child_depth = max(node._child_depth, depth)
             node = node.parent
-        self._account(tag, phase, len(payload), framing, depth, sending=False)
+        self._account(tag, phase, payload, framing, depth, sending=False)
         return decode(payload)
 
     def _account(
-        self, tag: str, phase: str, payload: int, framing: int, depth: int, sending: bool
+        self, tag: str, phase: str, payload: bytes, framing: int, depth: int, sending: bool
     ) -> None:
         direction = self._direction(sending)
-        self.session.stats.record(phase, self.path, direction, payload, framing, depth)
+        self.session.stats.record(phase, self.path, direction, len(payload), framing, depth)
         self.session.record(
             {
                 "dir": direction,
                 "path": self.path,
                 "tag": tag,
-                "bytes": payload,
+                "bytes": len(payload),
                 "framing": framing,
                 "round": depth,
                 "phase": phase,
-            }
+            },
+            payload,
         )
 
     def fork(self, name: str) -> Channel:

@@ -16,14 +16,21 @@ from .shaping import PROFILES
 
 
 class TranscriptWriter:
-    """A session recorder that appends JSON lines to a file."""
+    """A session recorder that appends JSON lines to a file.
 
-    def __init__(self, path: str | Path) -> None:
+    With ``payloads=True`` each line also carries the message's encoded bytes in hex (large:
+    for debugging and golden transcripts only; payloads are never recorded by default).
+    """
+
+    def __init__(self, path: str | Path, payloads: bool = False) -> None:
         self.path = Path(path)
+        self.payloads = payloads
         self._fh: IO[str] | None = self.path.open("w", encoding="utf-8")
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: dict[str, Any], payload: bytes = b"") -> None:
         if self._fh is not None:
+            if self.payloads:
+                event = {**event, "payload": payload.hex()}
             self._fh.write(json.dumps(event, separators=(",", ":")) + "\n")
 
     def close(self) -> None:

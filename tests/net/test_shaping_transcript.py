@@ -4,6 +4,7 @@ import time
 import pytest
 
 from secmoe.net import memory_pair, run_pair
+from secmoe.net.codec import encode
 from secmoe.net.shaping import PROFILES, NetProfile, ShapedLink, profile
 from secmoe.net.transcript import TranscriptWriter, read_transcript, summarize
 
@@ -80,3 +81,21 @@ def test_bad_transcript_line_is_named(tmp_path):
     p.write_text(json.dumps({"dir": "c2s"}) + "\n")
     with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
         read_transcript(p)
+
+
+async def test_transcript_payloads_only_when_asked(tmp_path):
+    for payloads in (False, True):
+        path = tmp_path / f"p{payloads}.jsonl"
+        writer = TranscriptWriter(path, payloads=payloads)
+        c, s = memory_pair()
+        c.session.recorder = writer
+        await c.send(b"secret-ish", tag="x")
+        await s.recv(tag="x")
+        writer.close()
+        (ev,) = read_transcript(path)
+        if payloads:
+            assert bytes.fromhex(ev["payload"]) == encode(b"secret-ish")
+        else:
+            assert "payload" not in ev
+        await c.close()
+        await s.close()

@@ -237,3 +237,19 @@ async def test_tls_refuses_a_server_from_another_ca(tls_files):
             )
     finally:
         await lst.close()
+
+
+async def test_protocol_version_mismatch_is_named(monkeypatch):
+    from secmoe.net import tcp
+
+    lst = await listen("127.0.0.1", 0, params=PARAMS)
+    try:
+        real_hello = tcp._hello
+        monkeypatch.setattr(tcp, "_hello", lambda *a: {**real_hello(*a), "version": 999})
+        client = asyncio.ensure_future(connect("127.0.0.1", lst.port, params=PARAMS))
+        with pytest.raises(HandshakeError, match="protocol version mismatch"):
+            await lst.accept(5)
+        with pytest.raises(HandshakeError, match="version mismatch"):
+            await client
+    finally:
+        await lst.close()
