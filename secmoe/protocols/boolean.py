@@ -38,6 +38,14 @@ def not_(p: Party, a: np.ndarray) -> np.ndarray:
     return np.logical_not(a) if p.role == CLIENT else np.asarray(a, dtype=bool)
 
 
+def bits_of_01(x: np.ndarray) -> np.ndarray:
+    """Boolean shares of a value known to be 0 or 1, from its arithmetic shares (local).
+
+    x = x_c + x_s mod 2^ℓ with x ∈ {0, 1}: no carry reaches bit 0, so LSB(x_c) ⊕ LSB(x_s) = x.
+    """
+    return (np.asarray(x, dtype=np.uint64) & np.uint64(1)).astype(bool)
+
+
 def public_bits(p: Party, bits: np.ndarray) -> np.ndarray:
     """Shares of public bits (the client holds them, the server zeros)."""
     bits = np.asarray(bits, dtype=bool)

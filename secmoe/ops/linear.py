@@ -1,0 +1,173 @@
+"""Linear algebra on shares: the server's weights meet the client's data (HE).
+
+- :func:`linear`: shares of trunc(X·W) for shared X (…, d) and the server's float weights W
+  (d, h), encoded at f fractional bits exactly as :class:`secmoe.model.fixed.FixedOps` does.
+  The product is the BFV protocol of :mod:`secmoe.protocols.he_linear` (coefficient packing,
+  no rotations, noise flooding); then one truncation.
+- :func:`linear_batched`: M products X_m·W_m with their own inputs, concurrently.
+- :func:`matmul`: shares of A·B for shared A (…, m, k) and B (…, k, n) (attention's QKᵀ and
+  PV, MoE combination), by the two HE cross products of :mod:`secmoe.protocols.he_secret`.
+
+The server's weights are encoded once, explicitly, by :func:`prepare` in the ``setup`` phase
+(cached per stored weight and row count). A product whose row count is only known online (the
+INSECURE ``reveal`` MoE strategy, where each expert gets the tokens routed to it) encodes its
+weight when first used, and that time is part of the run.
+
+Who learns what: the client decrypts only masked, noise-flooded results; the server sees only
+ciphertexts. Public: the shapes and the weight bound ``W_BITS`` (|encoded W| < 2^(W_BITS−1)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..crypto.he_params import HE_8K, HE_16K, HEParams
+from ..protocols import arith
+from ..protocols.he_linear import (
+    EncodedWeights,
+    encode_weights,
+    matmul_client,
+    matmul_server,
+    plan_matmul,
+)
+from ..protocols.he_secret import (
+    plan_secret_matmul,
+    secret_matmul_client,
+    secret_matmul_server,
+)
+from ..protocols.he_setup import ClientHE, ServerHE, setup_client, setup_server
+from ..protocols.party import Party
+
+#: Public bound on encoded weights: |round(W·2^f)| < 2^(W_BITS−1), i.e. |W| < 2^5 at f = 18.
+W_BITS = 24
+
+
+@dataclass
+class HEState:
+    """A party's HE state, per parameter set: its keys (client) or the client's public keys
+    (server); and the server's cache of encoded weights."""
+
+    keys: dict[str, ClientHE | ServerHE]
+    encoded: dict[tuple[int, tuple[int, ...], int], EncodedWeights] = field(default_factory=dict)
+
+    def client(self, params: HEParams) -> ClientHE:
+        he = self.keys[params.name]
+        assert isinstance(he, ClientHE)
+        return he
+
+    def server(self, params: HEParams) -> ServerHE:
+        he = self.keys[params.name]
+        assert isinstance(he, ServerHE)
+        return he
+
+
+#: The parameter sets a session sets up: plaintext weights (N = 8192) and secret × secret
+#: products, whose 64-bit "weights" need a larger flood (N = 16384).
+SESSION_PARAMS = (HE_8K, HE_16K)
+
+
+async def setup_he(p: Party, params: tuple[HEParams, ...] = SESSION_PARAMS) -> Party:
+    """The party with HE keys for each parameter set (``setup`` phase, concurrently): the
+    client generates them and sends the public part."""
+
+    async def one(pr: HEParams) -> ClientHE | ServerHE:
+        ch = p.ch.fork(f"he_{pr.name}")
+        if p.role == "client":
+            return await setup_client(ch, p.prg.derive(f"he/{pr.name}"), pr)
+        return await setup_server(ch, pr)
+
+    keys = await asyncio.gather(*(one(pr) for pr in params))
+    state = HEState({pr.name: k for pr, k in zip(params, keys, strict=True)})
+    return Party(p.ch, p.prg, p.ring, p.ot, state)
+
+
+def _state(p: Party) -> HEState:
+    if not isinstance(p.he, HEState):
+        raise RuntimeError("HE is not set up for this party: call setup_he in the setup phase")
+    return p.he
+
+
+def _key(w: np.ndarray, rows: int) -> tuple[int, tuple[int, ...], int]:
+    """Cache key: where the weight is stored (views of one stored weight share it), its shape."""
+    return (w.__array_interface__["data"][0], w.shape, rows)
+
+
+def prepare(p: Party, w: np.ndarray, rows: int) -> EncodedWeights:
+    """Server: encode the weight ``w`` (float, d×h) for products with ``rows`` rows (setup)."""
+    st = _state(p)
+    key = _key(w, rows)
+    if key in st.encoded:
+        return st.encoded[key]
+    enc = p.ring.to_signed(p.ring.encode(w))
+    if enc.size and np.abs(enc).max() >= 1 << (W_BITS - 1):
+        raise ValueError(
+            f"a weight exceeds the public bound |W| < 2^{W_BITS - 1 - p.ring.frac_bits}"
+        )
+    plan = plan_matmul(rows, w.shape[0], [w.shape[1]], HE_8K, w_bits=W_BITS)
+    st.encoded[key] = encode_weights(st.server(HE_8K).ctx, [enc], plan)
+    return st.encoded[key]
+
+
+async def _product(p: Party, x: np.ndarray, w: np.ndarray | None, h: int) -> np.ndarray:
+    """Shares of X·W_int (untruncated) for X (t, d)."""
+    st = _state(p)
+    t, d = x.shape
+    if p.role == "client":
+        plan = plan_matmul(t, d, [h], HE_8K, w_bits=W_BITS)
+        (y,) = await matmul_client(p.ch, st.client(HE_8K), x, plan, p.prg, ring=p.ring)
+        return y
+    if w is None or w.shape != (d, h):
+        raise ValueError(
+            f"server weight of shape {None if w is None else w.shape}, expected {(d, h)}"
+        )
+    enc = st.encoded.get(_key(w, t)) or prepare(p, w, t)
+    (y,) = await matmul_server(p.ch, st.server(HE_8K), x, enc, p.prg, ring=p.ring)
+    return y
+
+
+async def linear(p: Party, x: np.ndarray, w: np.ndarray | None, h: int) -> np.ndarray:
+    """Shares of trunc(X·encode(W)) for shares X (…, d); the server passes W (d, h)."""
+    lead = x.shape[:-1]
+    flat = x.reshape(-1, x.shape[-1])
+    y = await _product(p.fork("he"), flat, w, h)
+    return (await arith.trunc(p.fork("trunc"), y)).reshape(*lead, h)
+
+
+async def linear_batched(
+    p: Party, xs: np.ndarray, ws: np.ndarray | None, index: list[int], h: int
+) -> np.ndarray:
+    """Shares of trunc(X_i·W_{index[i]}) for xs (M, t, d); the server passes its stacked
+    weights ws (E, d, h). The M products run concurrently on their own forks."""
+    ys = await asyncio.gather(
+        *(
+            _product(p.fork(f"he{i}"), xs[i], None if ws is None else ws[e], h)
+            for i, e in enumerate(index)
+        )
+    )
+    return await arith.trunc(p.fork("trunc"), np.stack(ys))
+
+
+async def matmul(p: Party, a: np.ndarray, b: np.ndarray, *, truncate: bool = True) -> np.ndarray:
+    """Shares of A·B (batched over leading axes) for shared A (…, m, k), B (…, k, n).
+
+    With ``truncate`` (fixed-point operands) the product is truncated by f; without it (one
+    operand is 0/1, e.g. a one-hot or a dispatch tensor) it is exact.
+    """
+    st = _state(p)
+    lead = a.shape[:-2]
+    if b.shape[:-2] != lead or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul shapes {a.shape} · {b.shape} do not match")
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    heads = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    a3, b3 = a.reshape(heads, m, k), b.reshape(heads, k, n)
+    plan = plan_secret_matmul(m, k, n, heads, HE_16K)
+    f = p.fork("he")
+    if p.role == "client":
+        y = await secret_matmul_client(f.ch, st.client(HE_16K), a3, b3, plan, f.prg, ring=p.ring)
+    else:
+        y = await secret_matmul_server(f.ch, st.server(HE_16K), a3, b3, plan, f.prg, ring=p.ring)
+    y = y.reshape(*lead, m, n)
+    return await arith.trunc(p.fork("trunc"), y) if truncate else y
