@@ -74,10 +74,7 @@ def _add_net_args(p: argparse.ArgumentParser) -> None:
         default=3600.0,
         help="server: wait this long for the client (default 3600)",
     )
-    p.add_argument("--tls-cert", help="this party's certificate (PEM)")
-    p.add_argument("--tls-key", help="this party's private key (PEM)")
-    p.add_argument("--tls-ca", help="CA to verify the peer (server: require client certs)")
-    p.add_argument("--tls-server-name", help="client: expected server name (default: host)")
+    _add_tls_args(p)
 
 
 def _check_net_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -125,9 +122,72 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0, help="initialization seed (public)")
     msub.add_parser("presets", help="list the presets")
 
-    demo = sub.add_parser("demo", help="a two-party demonstration in one process")
+    strategies = ("select", "all", "dispatch", "reveal")
+    demo = sub.add_parser("demo", help="private inference on the bundled model, in one process")
+    demo.add_argument("--samples", type=int, default=8, help="held-out images (default 8)")
+    demo.add_argument(
+        "--strategy",
+        choices=strategies,
+        default="select",
+        help="MoE strategy (reveal is INSECURE: for cost comparison only)",
+    )
+    _add_capacity_args(demo)
+    demo.add_argument("--net", choices=sorted(PROFILES), help="shape the in-memory link")
+    demo.add_argument(
+        "--transcript",
+        metavar="FILE",
+        default="secmoe-demo.transcript.jsonl",
+        help="transcript file (default secmoe-demo.transcript.jsonl)",
+    )
+    demo.add_argument("--timeout", type=float, default=1800.0, help="deadline for the run (s)")
     demo.add_argument("--json", action="store_true")
+
+    serve = sub.add_parser("serve", help="the server: answer private-inference sessions")
+    serve.add_argument("--model", default="bundled", help="safetensors file/dir or 'bundled'")
+    serve.add_argument("--listen", required=True, metavar="HOST:PORT")
+    serve.add_argument("--sessions", type=int, help="exit after this many sessions")
+    serve.add_argument(
+        "--allow-insecure-reveal",
+        action="store_true",
+        help="accept the INSECURE reveal strategy (it leaks the routing)",
+    )
+    serve.add_argument("--timeout", type=float, default=600.0, help="per-wait deadline (s)")
+    serve.add_argument(
+        "--accept-timeout",
+        type=float,
+        default=None,
+        help="give up waiting for a client after this long (s)",
+    )
+    _add_tls_args(serve)
+
+    infer = sub.add_parser("infer", help="the client: private inference against a server")
+    infer.add_argument("--connect", required=True, metavar="HOST:PORT")
+    infer.add_argument("--input", help="a .npy of inputs (default: held-out bundled samples)")
+    infer.add_argument("--samples", type=int, default=1, help="held-out samples without --input")
+    infer.add_argument("--strategy", choices=strategies, default="select")
+    _add_capacity_args(infer)
+    infer.add_argument("--transcript", metavar="FILE")
+    infer.add_argument("--json", action="store_true")
+    infer.add_argument("--timeout", type=float, default=600.0, help="per-wait deadline (s)")
+    infer.add_argument("--connect-timeout", type=float, default=30.0)
+    _add_tls_args(infer)
     return parser
+
+
+def _add_capacity_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--capacity-factor",
+        type=float,
+        help="dispatch: C = ceil(cf·k·T/E) per sequence (default: the model's)",
+    )
+    p.add_argument("--capacity", type=int, help="dispatch: an explicit capacity C")
+
+
+def _add_tls_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tls-cert", help="this party's certificate (PEM)")
+    p.add_argument("--tls-key", help="this party's private key (PEM)")
+    p.add_argument("--tls-ca", help="CA to verify the peer (server: require client certs)")
+    p.add_argument("--tls-server-name", help="client: expected server name (default: host)")
 
 
 def _fmt_bytes(n: float) -> str:
@@ -229,9 +289,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "model":
             return _cmd_model(args)
         elif args.command == "demo":
-            from .demo import run_demo
+            from .app import run_demo
 
             return run_demo(args)
+        elif args.command in ("serve", "infer"):
+            from .app import run_infer, run_serve
+            from .bench.runner import tls_from_args
+
+            tls = tls_from_args(args)
+            return run_serve(args, tls) if args.command == "serve" else run_infer(args, tls)
     except KeyboardInterrupt:
         print("secmoe: interrupted", file=sys.stderr)
         return 130

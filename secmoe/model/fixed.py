@@ -112,7 +112,7 @@ def run_fixed(
     weights: ModelWeights,
     inputs: np.ndarray,
     ring: Ring = DEFAULT_RING,
-    capacity: bool = False,
+    capacity: bool | int = False,
     gelu: approx.PiecewisePolynomial = approx.GELU,
 ) -> Output:
     """Fixed-point emulation of :func:`~secmoe.model.reference.run` (decoded output, routing)."""

@@ -9,7 +9,8 @@ Routing (see :mod:`secmoe.model.config`): router logits l = x·Wr on the normed 
 ``arch="switch"``: the top-k experts by logit, gate = softmax(l) at each chosen expert (top-1:
 the Switch rule); ``arch="mixtral"``: gates = softmax over the k chosen logits (Mixtral's
 renormalized top-2). Ties go to the lower expert index. With ``capacity=True`` each expert
-takes at most C = ``config.capacity(T)`` tokens per sequence, in token order; a dropped
+takes at most C = ``config.capacity(T)`` (or ``capacity=C``) tokens per sequence, in token
+order; a dropped
 assignment contributes 0 (the residual carries the token), the others keep their gates.
 """
 
@@ -142,6 +143,11 @@ def _ffn(ops: Ops, x: np.ndarray, w: FFN, kind: str) -> np.ndarray:
     return ops.linear(y, w.w2)
 
 
+def capacity_of(cfg: ModelConfig, tokens: int, capacity: bool | int) -> int:
+    """C for ``capacity=True`` (the config's factor) or an explicit integer capacity."""
+    return cfg.capacity(tokens) if capacity is True else int(capacity)
+
+
 def capacity_mask(experts: np.ndarray, n_experts: int, capacity: int) -> np.ndarray:
     """Kept flags (B, T, k): each expert keeps its first ``capacity`` assignments of each
     sequence in token order (experts are distinct within a token)."""
@@ -152,7 +158,12 @@ def capacity_mask(experts: np.ndarray, n_experts: int, capacity: int) -> np.ndar
 
 
 def moe_forward(
-    ops: Ops, x: np.ndarray, w: MoE, cfg: ModelConfig, layer: int = 0, capacity: bool = False
+    ops: Ops,
+    x: np.ndarray,
+    w: MoE,
+    cfg: ModelConfig,
+    layer: int = 0,
+    capacity: bool | int = False,
 ) -> tuple[np.ndarray, Routing]:
     """One MoE FFN on normed hidden states x (B, T, d): route, run each token's expert(s),
     scale by the gates, sum. Returns the output (B, T, d) (before the residual) and routing."""
@@ -166,7 +177,7 @@ def moe_forward(
     else:
         gates = np.take_along_axis(probs, idx, axis=-1)
     kept = (
-        capacity_mask(idx, cfg.n_experts, cfg.capacity(t))
+        capacity_mask(idx, cfg.n_experts, capacity_of(cfg, t, capacity))
         if capacity
         else np.ones_like(idx, dtype=bool)
     )
@@ -206,7 +217,10 @@ def _batched(cfg: ModelConfig, inputs: np.ndarray) -> tuple[np.ndarray, bool]:
 
 
 def run(
-    weights: ModelWeights, inputs: np.ndarray, ops: Ops | None = None, capacity: bool = False
+    weights: ModelWeights,
+    inputs: np.ndarray,
+    ops: Ops | None = None,
+    capacity: bool | int = False,
 ) -> Output:
     """Forward pass over a batch (or one sequence) with backend ``ops`` (default exact float).
 
@@ -294,12 +308,14 @@ def measure_ranges(weights: ModelWeights, inputs: np.ndarray) -> dict[str, float
     return dict(ops.stats)
 
 
-def forward(weights: ModelWeights, inputs: np.ndarray, capacity: bool = False) -> np.ndarray:
+def forward(weights: ModelWeights, inputs: np.ndarray, capacity: bool | int = False) -> np.ndarray:
     """Exact float forward pass (see :func:`run`): the model output only."""
     return run(weights, inputs, capacity=capacity).output
 
 
-def routing(weights: ModelWeights, inputs: np.ndarray, capacity: bool = False) -> list[Routing]:
+def routing(
+    weights: ModelWeights, inputs: np.ndarray, capacity: bool | int = False
+) -> list[Routing]:
     """Routing inspection: per MoE layer, the expert(s) of each token with gate values."""
     return run(weights, inputs, capacity=capacity).routing
 

@@ -7,6 +7,9 @@
 - :func:`linear_batched`: M products X_m·W_m with their own inputs, concurrently.
 - :func:`matmul`: shares of A·B for shared A (…, m, k) and B (…, k, n) (attention's QKᵀ and
   PV, MoE combination), by the two HE cross products of :mod:`secmoe.protocols.he_secret`.
+- :func:`select_linear`: shares of x_t·W_{r_t} for each token t, where r_t is given by a
+  secret one-hot and the server holds every expert's W: the paper's encrypted selection
+  (:mod:`secmoe.protocols.he_select`); bytes do not grow with E, the server's work does.
 
 The server's weights are encoded once, explicitly, by :func:`prepare` in the ``setup`` phase
 (cached per stored weight and row count). A product whose row count is only known online (the
@@ -38,7 +41,20 @@ from ..protocols.he_secret import (
     secret_matmul_client,
     secret_matmul_server,
 )
-from ..protocols.he_setup import ClientHE, ServerHE, setup_client, setup_server
+from ..protocols.he_select import (
+    SelectWeights,
+    encode_select_weights,
+    plan_select,
+    select_client,
+    select_server,
+)
+from ..protocols.he_setup import (
+    ClientHE,
+    ServerHE,
+    expansion_galois_elements,
+    setup_client,
+    setup_server,
+)
 from ..protocols.party import Party
 
 #: Public bound on encoded weights: |round(W·2^f)| < 2^(W_BITS−1), i.e. |W| < 2^5 at f = 18.
@@ -52,6 +68,7 @@ class HEState:
 
     keys: dict[str, ClientHE | ServerHE]
     encoded: dict[tuple[int, tuple[int, ...], int], EncodedWeights] = field(default_factory=dict)
+    selects: dict[tuple, SelectWeights] = field(default_factory=dict)
 
     def client(self, params: HEParams) -> ClientHE:
         he = self.keys[params.name]
@@ -69,15 +86,22 @@ class HEState:
 SESSION_PARAMS = (HE_8K, HE_16K)
 
 
-async def setup_he(p: Party, params: tuple[HEParams, ...] = SESSION_PARAMS) -> Party:
+async def setup_he(
+    p: Party, params: tuple[HEParams, ...] = SESSION_PARAMS, select_items: int = 0
+) -> Party:
     """The party with HE keys for each parameter set (``setup`` phase, concurrently): the
-    client generates them and sends the public part."""
+    client generates them and sends the public part. ``select_items``: the largest T·E of an
+    encrypted selection to come (0: none), for which the N = 16384 set also gets
+    relinearization and Galois keys."""
 
     async def one(pr: HEParams) -> ClientHE | ServerHE:
         ch = p.ch.fork(f"he_{pr.name}")
+        extra = {}
+        if select_items and pr is HE_16K:
+            extra = {"relin": True, "galois": expansion_galois_elements(pr.n, select_items)}
         if p.role == "client":
-            return await setup_client(ch, p.prg.derive(f"he/{pr.name}"), pr)
-        return await setup_server(ch, pr)
+            return await setup_client(ch, p.prg.derive(f"he/{pr.name}"), pr, **extra)
+        return await setup_server(ch, pr, **extra)
 
     keys = await asyncio.gather(*(one(pr) for pr in params))
     state = HEState({pr.name: k for pr, k in zip(params, keys, strict=True)})
@@ -171,3 +195,70 @@ async def matmul(p: Party, a: np.ndarray, b: np.ndarray, *, truncate: bool = Tru
         y = await secret_matmul_server(f.ch, st.server(HE_16K), a3, b3, plan, f.prg, ring=p.ring)
     y = y.reshape(*lead, m, n)
     return await arith.trunc(p.fork("trunc"), y) if truncate else y
+
+
+def select_chunk(tokens: int, experts: int) -> int:
+    """Tokens per selection call: T·E one-hot entries must fit one ciphertext (≤ N)."""
+    return max(1, min(tokens, HE_16K.n // experts))
+
+
+def _select_key(ws: list[np.ndarray], rows: int) -> tuple:
+    return (*(_key(w, rows) for w in ws),)
+
+
+def _int_weights(p: Party, w: np.ndarray) -> np.ndarray:
+    enc = p.ring.to_signed(p.ring.encode(w))
+    if enc.size and np.abs(enc).max() >= 1 << (W_BITS - 1):
+        raise ValueError(
+            f"a weight exceeds the public bound |W| < 2^{W_BITS - 1 - p.ring.frac_bits}"
+        )
+    return enc
+
+
+def prepare_select(p: Party, ws: list[np.ndarray], tokens: int) -> None:
+    """Server: lay out every expert's matrices (each ws[m] is (E, d, h_m)) for selections over
+    ``tokens`` tokens (setup; chunked as :func:`select_chunk`)."""
+    st = _state(p)
+    n_e, d = ws[0].shape[:2]
+    chunk = select_chunk(tokens, n_e)
+    for rows in {chunk, tokens % chunk} - {0}:
+        key = _select_key(ws, rows)
+        if key in st.selects:
+            continue
+        plan = plan_select(rows, n_e, d, [w.shape[2] for w in ws], HE_16K, w_bits=W_BITS)
+        ints = [[_int_weights(p, w[e]) for w in ws] for e in range(n_e)]
+        st.selects[key] = encode_select_weights(ints, plan)
+
+
+async def select_linear(
+    p: Party,
+    x: np.ndarray,
+    onehot: np.ndarray,
+    ws: list[np.ndarray] | None,
+    hs: list[int],
+) -> list[np.ndarray]:
+    """Shares of trunc(x_t·W_m[r_t]) for each matrix m, with r_t given by the secret one-hot.
+
+    x (T, d) and onehot (T, E) are shared; the server passes ws (matrices (E, d, h_m)), the
+    client None. Tokens are processed in chunks of :func:`select_chunk` (concurrently).
+    """
+    st = _state(p)
+    t, d = x.shape
+    n_e = onehot.shape[1]
+    chunk = select_chunk(t, n_e)
+    outs = []
+    for i, start in enumerate(range(0, t, chunk)):
+        rows = min(chunk, t - start)
+        f = p.fork(f"sel{i}")
+        xs, ts = x[start : start + rows], onehot[start : start + rows]
+        if p.role == "client":
+            plan = plan_select(rows, n_e, d, hs, HE_16K, w_bits=W_BITS)
+            ys = await select_client(f.ch, st.client(HE_16K), ts, xs, plan, f.prg, ring=p.ring)
+        else:
+            enc = st.selects.get(_select_key(ws, rows))
+            if enc is None:
+                raise RuntimeError("expert weights were not prepared for selection in setup")
+            ys = await select_server(f.ch, st.server(HE_16K), ts, xs, enc, f.prg, ring=p.ring)
+        outs.append(ys)
+    joined = [np.concatenate([o[m] for o in outs]) for m in range(len(hs))]
+    return [await arith.trunc(p.fork(f"trunc{m}"), y) for m, y in enumerate(joined)]

@@ -1,0 +1,252 @@
+"""The secure MoE layer, with interchangeable strategies behind one interface.
+
+Input: shares of the normed hidden states x (T, d). Output: shares of the MoE FFN output
+(T, d) (before the residual). The server passes its weights; the client passes ``None`` for
+each (it knows only the public dimensions in :class:`MoESpec`).
+
+Routing, common to every strategy (nothing revealed):
+
+1. router logits ⟨l⟩ = ⟨x⟩·W_r (HE linear);
+2. top-k: shares of the k best logits and of their one-hots O (T, k, E), ties to the lower
+   index (:func:`secmoe.protocols.select.topk`);
+3. gates: Switch (top-1) g = softmax(l) at the winner = ⟨O, softmax(l)⟩; Mixtral (top-k)
+   g = softmax over the k best logits.
+
+Strategies (the expert outputs y (T, k, d) = FFN_{e(t, j)}(x_t)):
+
+- ``select`` — the paper's Select-Then-Compute: for each routing slot, the server forms the
+  selected expert's weights homomorphically, [[W_r]] = Σ_e O_e·W_e, and the FFN runs once
+  on them (:func:`secmoe.ops.linear.select_linear`). Communication does not grow with E;
+  the server's HE work does (it touches every expert's weights for every token).
+- ``all`` — every expert on every token with plaintext-weight HE linears, then the one-hot
+  combination y = O·Y_all (secret × secret): the naive secure baseline (how Iron/BumbleBee
+  would run an MoE).
+- ``dispatch`` — secmoe's oblivious capacity dispatch (:mod:`secmoe.ops.dispatch`): tokens
+  go into per-expert buckets of a public capacity C per sequence, every bucket is computed
+  full, and the server's work is E·C rows whatever E is. Tokens beyond an expert's capacity
+  are dropped from the MoE output (the residual carries them), as in Switch.
+- ``reveal`` — INSECURE: the routing is revealed to both parties and only the chosen experts
+  run. A reference point for cost only; it leaks which expert every token uses.
+
+Then out = Σ_j g_j·y_j (secret × secret, truncated).
+
+What each party learns: with ``select`` and ``all``, nothing but the output of the model (the
+client) and nothing at all (the server); the public values are T, d, d_ff, E, k and the FFN
+kind. With ``reveal``, both learn every token's expert(s).
+
+REF: Shen et al., "SecMoE: Communication-Efficient Secure MoE Inference via
+Select-Then-Compute", arXiv 2601.06790 (the select strategy; gates and top-k > 1 are ours).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..protocols import arith
+from ..protocols.boolean import bits_of_01, mux
+from ..protocols.party import Party
+from ..protocols.select import topk
+from ..protocols.shares import reveal
+from .activations import activation
+from .dispatch import dispatch_tensor, gather_buckets, scatter_outputs
+from .linear import linear, linear_batched, matmul, select_linear
+from .softmax import softmax
+
+STRATEGIES = ("select", "all", "dispatch", "reveal")
+INSECURE_STRATEGIES = frozenset({"reveal"})
+_ACT = {"relu": "relu", "gelu": "gelu", "gated-gelu": "gelu", "swiglu": "silu"}
+#: Router logits are compared on this many bits: |l| < 2^(ROUTER_BITS − 3 − f) = 2^11 at f = 18
+#: (top-k masks by 2^(w−2), :func:`secmoe.protocols.select.topk`).
+ROUTER_BITS = 32
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Public shape of an MoE layer (both parties know it)."""
+
+    d_model: int
+    d_ff: int
+    n_experts: int
+    top_k: int
+    ffn: str  # relu | gelu | gated-gelu | swiglu
+    gates: str = "switch"  # switch: softmax over all experts; mixtral: over the top-k
+    capacity_factor: float = 1.25  # dispatch: C = ⌈cf·k·T/E⌉ per sequence of T tokens
+    capacity: int | None = None  # dispatch: an explicit C (overrides the factor)
+
+    def capacity_for(self, tokens: int) -> int:
+        """The public capacity C for a sequence of ``tokens`` tokens."""
+        if self.capacity is not None:
+            return self.capacity
+        return max(1, math.ceil(self.capacity_factor * self.top_k * tokens / self.n_experts))
+
+    def __post_init__(self) -> None:
+        if self.ffn not in _ACT:
+            raise ValueError(f"unknown FFN kind {self.ffn!r}")
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ValueError(f"top_k must be in [1, {self.n_experts}]")
+        if self.gates not in ("switch", "mixtral"):
+            raise ValueError(f"gates must be 'switch' or 'mixtral', not {self.gates!r}")
+
+    @property
+    def gated(self) -> bool:
+        return self.ffn in ("gated-gelu", "swiglu")
+
+
+@dataclass
+class ExpertWeights:
+    """The server's MoE weights (float): router (d, E), w1/v (E, d, d_ff), w2 (E, d_ff, d)."""
+
+    router: np.ndarray
+    w1: np.ndarray
+    w2: np.ndarray
+    v: np.ndarray | None = None
+
+
+def _get(w: ExpertWeights | None, name: str) -> np.ndarray | None:
+    """The server's weight ``name`` (None on the client)."""
+    return None if w is None else getattr(w, name)
+
+
+def check_strategy(strategy: str) -> None:
+    """Raise ``ValueError`` for an unknown strategy."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown MoE strategy {strategy!r}; choose from {STRATEGIES}")
+
+
+async def route(
+    p: Party, x: np.ndarray, w: ExpertWeights | None, spec: MoESpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shares of the gates (T, k) and routing one-hots (T, k, E)."""
+    logits = await linear(p.fork("router"), x, _get(w, "router"), spec.n_experts)
+    best, hots = await topk(p.fork("topk"), logits, spec.top_k, ROUTER_BITS)
+    if spec.gates == "mixtral":
+        gates = await softmax(p.fork("gates"), best)
+    else:
+        probs = await softmax(p.fork("gates"), logits)  # (T, E)
+        wide = np.broadcast_to(probs[:, None, :], hots.shape)
+        picked = await mux(p.fork("pick"), bits_of_01(hots), wide)  # O is 0/1: a MUX suffices
+        gates = p.ring.reduce(picked.sum(axis=-1, dtype=np.uint64))
+    return gates, hots
+
+
+async def _ffn_selected(
+    p: Party, x: np.ndarray, onehot: np.ndarray, w: ExpertWeights | None, spec: MoESpec
+) -> np.ndarray:
+    """FFN of each token's selected expert: (T, d) → (T, d) with [[W_r]] = Σ_e O_e·W_e.
+
+    W1 (and V, for a gated FFN) are selected in one call; W2 in a second (its input differs).
+    """
+    names = ["w1", "v"] if spec.gated else ["w1"]
+    firsts = None if w is None else [getattr(w, n) for n in names]
+    ys = await select_linear(p.fork("w1"), x, onehot, firsts, [spec.d_ff] * len(names))
+    h = await activation(p.fork("act"), ys[0], _ACT[spec.ffn])
+    if spec.gated:
+        h = await arith.mul_fixed(p.fork("glu"), h, ys[1])
+    second = None if w is None else [w.w2]
+    (y,) = await select_linear(p.fork("w2"), h, onehot, second, [spec.d_model])
+    return y
+
+
+async def _ffn_batched(
+    p: Party, xs: np.ndarray, w: ExpertWeights | None, spec: MoESpec, experts: list[int]
+) -> np.ndarray:
+    """Each listed expert's FFN on its own rows: xs (len(experts), R, d) → (…, R, d)."""
+    h = await linear_batched(p.fork("w1"), xs, _get(w, "w1"), experts, spec.d_ff)
+    h = await activation(p.fork("act"), h, _ACT[spec.ffn])
+    if spec.gated:
+        g = await linear_batched(p.fork("v"), xs, _get(w, "v"), experts, spec.d_ff)
+        h = await arith.mul_fixed(p.fork("glu"), h, g)
+    return await linear_batched(p.fork("w2"), h, _get(w, "w2"), experts, spec.d_model)
+
+
+async def _experts_select(
+    p: Party, x: np.ndarray, hots: np.ndarray, w: ExpertWeights | None, spec: MoESpec
+) -> np.ndarray:
+    slots = await asyncio.gather(
+        *(_ffn_selected(p.fork(f"slot{j}"), x, hots[:, j, :], w, spec) for j in range(spec.top_k))
+    )
+    return np.stack(slots, axis=1)  # (T, k, d)
+
+
+async def _experts_all(
+    p: Party, x: np.ndarray, hots: np.ndarray, w: ExpertWeights | None, spec: MoESpec
+) -> np.ndarray:
+    n_e = spec.n_experts
+    xs = np.broadcast_to(x, (n_e, *x.shape))
+    y_all = await _ffn_batched(p.fork("ffn"), xs, w, spec, list(range(n_e)))  # (E, T, d)
+    # y[t, j] = Σ_e O[t, j, e]·Y[e, t]: a (k × E)·(E × d) product per token.
+    return await matmul(p.fork("combine"), hots, y_all.transpose(1, 0, 2), truncate=False)
+
+
+async def _experts_dispatch(
+    p: Party,
+    x: np.ndarray,
+    hots: np.ndarray,
+    w: ExpertWeights | None,
+    spec: MoESpec,
+    groups: int = 1,
+) -> np.ndarray:
+    n_tok, k, n_e = hots.shape
+    t = n_tok // groups
+    cap = spec.capacity_for(t)
+    onehot = hots.reshape(groups, t * k, n_e)  # assignments (t, j) in token order, per sequence
+    xa = np.repeat(x, k, axis=0).reshape(groups, t * k, -1)
+    d = await dispatch_tensor(p.fork("dispatch"), onehot, cap)  # (B, A, E, C)
+    xb = await gather_buckets(p.fork("gather"), d, xa)  # (B, E, C, d)
+    per_expert = xb.transpose(1, 0, 2, 3).reshape(n_e, groups * cap, -1)
+    yb = await _ffn_batched(p.fork("ffn"), per_expert, w, spec, list(range(n_e)))
+    yb = yb.reshape(n_e, groups, cap, -1).transpose(1, 0, 2, 3)
+    y = await scatter_outputs(p.fork("scatter"), d, yb)  # (B, A, d)
+    return y.reshape(n_tok, k, -1)
+
+
+async def _experts_reveal(
+    p: Party, x: np.ndarray, hots: np.ndarray, w: ExpertWeights | None, spec: MoESpec
+) -> np.ndarray:
+    t, k = hots.shape[:2]
+    idx_share = p.ring.reduce((hots * np.arange(spec.n_experts, dtype=np.uint64)).sum(-1))
+    idx = (await reveal(p.fork("INSECURE_reveal_routing"), idx_share, to="both")).astype(int)
+    out = np.zeros((t, k, spec.d_model), dtype=np.uint64)
+    for e in np.unique(idx):
+        rows, slots = np.nonzero(idx == e)
+        y = await _ffn_batched(p.fork(f"expert{e}"), x[rows][None], w, spec, [int(e)])
+        out[rows, slots] = y[0]
+    return out
+
+
+_EXPERTS = {
+    "select": _experts_select,
+    "all": _experts_all,
+    "dispatch": _experts_dispatch,
+    "reveal": _experts_reveal,
+}
+
+
+async def moe(
+    p: Party,
+    x: np.ndarray,
+    w: ExpertWeights | None,
+    spec: MoESpec,
+    strategy: str = "select",
+    groups: int = 1,
+) -> np.ndarray:
+    """Shares of the MoE FFN output (T, d) for shares of x (T, d). See the module docstring.
+
+    ``groups``: the tokens are that many sequences of equal length, in order (capacity is per
+    sequence, as in the plaintext reference).
+    """
+    check_strategy(strategy)
+    if (w is None) == (p.role == "server"):
+        raise ValueError("the server passes the MoE weights; the client passes None")
+    if x.shape[0] % groups:
+        raise ValueError(f"{x.shape[0]} tokens do not split into {groups} sequences")
+    gates, hots = await route(p.fork("route"), x, w, spec)
+    run = _EXPERTS[strategy]
+    extra = {"groups": groups} if strategy == "dispatch" else {}
+    y = await run(p.fork(strategy), x, hots, w, spec, **extra)  # (T, k, d)
+    scaled = await arith.mul_fixed(p.fork("scale"), y, np.broadcast_to(gates[..., None], y.shape))
+    return p.ring.reduce(scaled.sum(axis=1, dtype=np.uint64))

@@ -1,0 +1,349 @@
+"""LayerNorm and RMSNorm on shares, with the server's weight and bias.
+
+Computes shares of :func:`secmoe.ops.approx.layernorm_fixed` / :func:`~approx.rmsnorm_fixed`
+(up to the truncation protocols' error, :func:`error_bound`) over the last axis of arithmetic
+shares of encoded x (…, d). The norm's weight γ and bias β belong to the server (plaintext on
+the server, ``None`` on the client); the client learns nothing, the server learns nothing; the
+shape, ε, the rsqrt range and the weight width are public.
+
+Flow (LayerNorm; RMSNorm skips the centring)::
+
+    Step 1  μ = ⌊Σx / d⌋ (:func:`arith.div_public`, one COT per row); c = x − μ
+    Step 2  Σc² with c's narrow shares (:func:`.piecewise.square_narrow`: |c| < 2^(x_bits−2−f),
+            x_bits + 2 COTs per element instead of ℓ); trunc; ⌊· / d⌋; v = var + ε
+    Step 3  y = rsqrt(v): the octave guess by STC on [2^lo, 2^hi], two Newton steps
+            y ← y(3 − v·y²)/2 (row-level, cheap)
+    Step 4  z = trunc(c·y): y is one narrow value per row (:func:`.piecewise.mul_narrow`)
+    Step 5  out = trunc(γ ⊙ z) + β: :func:`mul_server_weight`, then the server adds β
+
+**γ ⊙ z with a server-private γ** (:func:`mul_server_weight`): γ·z = γ·z_s + γ·z_c. The server
+computes γ·z_s itself. For γ·z_c it is the COT *receiver*, choosing with the w bits of each γ_j
+(two's complement, |γ_j·2^f| < 2^(w−1)); the client sends, per bit i and column j, the
+correlation 2^i·z_c[:, j] (−2^(w−1)·z_c for the sign bit) for all rows at once. So the server
+gets X + γ_j,i·2^i·z_c and the client keeps −X: w COTs per column whatever the number of rows,
+each carrying one ℓ-bit value per row. The alternative (the server as sender of γ·2^i, the
+client choosing with the ℓ bits of its share) costs ℓ COTs per *element*: measured at 128 × 768,
+w = 24: 0.20 KB per element instead of 1.5 KB. The weight width w is public (both parties must
+agree on the COT count): a public bound on the weights' magnitude, not their values.
+
+REF: BumbleBee (eprint 2023/1678) and PUMA (eprint 2023/1327) §5 for LayerNorm by rsqrt with
+a Newton refinement; Gilboa (CRYPTO 1999) for products from COT; SiRNN (eprint 2021/459) for
+products with narrow operands.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..crypto.ring import Ring
+from ..protocols import arith
+from ..protocols.boolean import CLIENT
+from ..protocols.ot.pool import OTPool
+from ..protocols.party import Party
+from . import approx
+from .piecewise import (
+    OpCost,
+    acot_cost,
+    mul_narrow,
+    mul_narrow_cost,
+    square_narrow,
+    square_narrow_cost,
+    stc,
+    stc_cost,
+    trunc_cost,
+)
+
+#: Default narrow width of the centred values: |c| < 2^(30−2−18) = 1024 (|x| < 512).
+DEFAULT_X_BITS = 30
+#: Default weight width: |γ| < 2^(24−1−18) = 32.
+DEFAULT_W_BITS = 24
+#: Newton-step truncation slack of the rsqrt, in ulps (see :func:`error_bound`).
+RSQRT_SLACK = 8
+
+
+def y_bits(lo: int, ring: Ring) -> int:
+    """Narrow width of y ≈ 1/√v ≤ 1.03·2^(−lo/2) on [2^lo, 2^hi]."""
+    return ring.frac_bits + max(0, -(lo // 2)) + 3
+
+
+def rsqrt_bits(hi: int, ring: Ring) -> int:
+    """Comparison width for v ≤ 2^hi against the breakpoints 2^j < 2^hi."""
+    return ring.frac_bits + hi + 2
+
+
+# --------------------------------------------------------------------------------------------
+# γ ⊙ z for a server-private γ
+# --------------------------------------------------------------------------------------------
+
+
+async def mul_server_weight(
+    p: Party, z: np.ndarray, weight: np.ndarray | None, w_bits: int = DEFAULT_W_BITS
+) -> np.ndarray:
+    """Shares of z·enc(γ) mod 2^ℓ (no truncation) for shared z (…, d) and the server's γ (d,).
+
+    Args:
+        p: this party (the pool's client→server COT direction).
+        z: arithmetic shares (…, d).
+        weight: the server's float γ (d,); ``None`` on the client.
+        w_bits: public width: |round(γ·2^f)| < 2^(w_bits−1).
+
+    Raises:
+        ValueError: on the server, if γ does not fit in ``w_bits``.
+
+    Message flow: one COT batch, client → server: d·w COTs, each with one ℓ-bit value per row.
+    Cost: :func:`mul_server_weight_cost`.
+    """
+    ring = p.ring
+    z = np.asarray(z, dtype=np.uint64)
+    d = z.shape[-1]
+    zr = z.reshape(-1, d)  # (R, d)
+    rows = zr.shape[0]
+    if p.role == CLIENT:
+        signed = [1 << i for i in range(w_bits - 1)] + [-(1 << (w_bits - 1))]  # two's complement
+        scale = ring.from_signed(np.array(signed, dtype=np.int64))
+        corr = zr.T[:, None, :] * scale[None, :, None]  # (d, w, R)
+        pads = await p.ot.acot_send(corr.reshape(d * w_bits, rows), ring.bits)
+        cross = np.uint64(0) - pads.reshape(d, w_bits, rows).sum(1)
+        return ring.reduce(cross.T).reshape(z.shape)
+    g = _encode_weight(weight, d, w_bits, ring)
+    bits = arith.step_bits(g.astype(np.uint64), w_bits)  # (d, w), two's complement
+    got = await p.ot.acot_recv(bits.reshape(-1), ring.bits, rows)
+    cross = got.reshape(d, w_bits, rows).sum(1).T
+    return ring.reduce(cross + zr * ring.from_signed(g)).reshape(z.shape)
+
+
+def _encode_weight(weight: np.ndarray | None, d: int, w_bits: int, ring: Ring) -> np.ndarray:
+    if weight is None:
+        raise ValueError("the server must supply the weight")
+    g = ring.to_signed(ring.encode(np.broadcast_to(np.asarray(weight, np.float64), (d,))))
+    if np.any(np.abs(g) >= 1 << (w_bits - 1)):
+        raise ValueError(
+            f"weights do not fit in {w_bits} bits (|γ| < 2^{w_bits - 1 - ring.frac_bits})"
+        )
+    return g
+
+
+def mul_server_weight_cost(
+    pool: OTPool, rows: int, d: int, ring: Ring, w_bits: int = DEFAULT_W_BITS
+) -> OpCost:
+    """Declared cost of :func:`mul_server_weight` on ``rows`` rows of d."""
+    return acot_cost(pool, CLIENT, d * w_bits, ring, rows)
+
+
+# --------------------------------------------------------------------------------------------
+# rsqrt
+# --------------------------------------------------------------------------------------------
+
+
+async def rsqrt(p: Party, v: np.ndarray, lo: int, hi: int, n_iter: int = 2) -> np.ndarray:
+    """Shares of :func:`approx.rsqrt_fixed` (v, lo, hi): guess by STC, then Newton steps.
+
+    Range: 2^lo ≤ v ≤ 2^hi (the guess's fit; the comparisons need v < 2^(hi+1)).
+    Cost: :func:`rsqrt_cost`.
+    """
+    ring = p.ring
+    v = ring.reduce(np.asarray(v, dtype=np.uint64))
+    yb = y_bits(lo, ring)
+    y = await stc(p.fork("guess"), approx.rsqrt_guess(lo, hi), v, rsqrt_bits(hi, ring))
+    three = np.uint64(3 << ring.frac_bits)
+    for i in range(n_iter):
+        f = p.fork(f"newton{i}")
+        t = await arith.trunc(f.fork("t1"), await mul_narrow(f.fork("vy"), v, y, yb))
+        t = await arith.trunc(f.fork("t2"), await mul_narrow(f.fork("ty"), t, y, yb))
+        e = ring.reduce(three - t) if p.role == CLIENT else ring.reduce(np.uint64(0) - t)
+        prod = await mul_narrow(f.fork("ey"), e, y, yb)
+        y = await arith.trunc(f.fork("y"), prod, ring.frac_bits + 1)
+    return y
+
+
+def rsqrt_cost(pool: OTPool, n: int, lo: int, hi: int, ring: Ring, n_iter: int = 2) -> OpCost:
+    """Declared cost of :func:`rsqrt` on n values."""
+    c = stc_cost(pool, approx.rsqrt_guess(lo, hi), n, ring, rsqrt_bits(hi, ring))
+    step = mul_narrow_cost(pool, n, 1, ring, y_bits(lo, ring)) + trunc_cost(pool, n, ring)
+    for _ in range(3 * n_iter):
+        c = c + step
+    return c
+
+
+# --------------------------------------------------------------------------------------------
+# the norms
+# --------------------------------------------------------------------------------------------
+
+
+async def _normalize(
+    p: Party,
+    c: np.ndarray,
+    weight: np.ndarray | None,
+    eps: float,
+    var_range: tuple[int, int],
+    n_iter: int,
+    x_bits: int,
+    w_bits: int,
+) -> np.ndarray:
+    """Steps 2–5 on the (centred) values c: trunc(trunc(c·rsqrt(⌊trunc(Σc²)/d⌋ + ε))·γ)."""
+    ring = p.ring
+    d = c.shape[-1]
+    sq = await square_narrow(p.fork("sq"), c, x_bits)
+    ss = await arith.trunc(p.fork("sst"), ring.reduce(sq.sum(axis=-1, keepdims=True)))
+    var = await arith.div_public(p.fork("var"), ss, d)
+    v = ring.reduce(var + ring.encode(eps)) if p.role == CLIENT else var
+    y = await rsqrt(p.fork("rsqrt"), v, *var_range, n_iter=n_iter)
+    cy = await mul_narrow(p.fork("cy"), c, y, y_bits(var_range[0], ring))
+    z = await arith.trunc(p.fork("zt"), cy)
+    zw = await mul_server_weight(p.fork("w"), z, weight, w_bits)
+    return await arith.trunc(p.fork("out"), zw)
+
+
+async def layernorm(
+    p: Party,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    bias: np.ndarray | None,
+    eps: float,
+    var_range: tuple[int, int],
+    n_iter: int = 2,
+    x_bits: int = DEFAULT_X_BITS,
+    w_bits: int = DEFAULT_W_BITS,
+) -> np.ndarray:
+    """Shares of ``approx.layernorm_fixed`` over the last axis (module docstring).
+
+    Args:
+        p: this party (forks ``mean``, ``sq``, ``sst``, ``var``, ``rsqrt``, ``cy``, ``zt``,
+            ``w``, ``out``).
+        x: arithmetic shares of encoded x (…, d); range |x| < 2^(x_bits−3−f).
+        weight, bias: the server's γ and β (d,) (β may be None); ``None`` on the client.
+        eps: public ε; var_range: public (lo, hi) with mean(c²) + ε ∈ [2^lo, 2^hi].
+        n_iter: Newton steps; x_bits, w_bits: public widths (module docstring).
+
+    Cost: :func:`layernorm_cost`. Error: :func:`error_bound`.
+    """
+    ring = p.ring
+    x = ring.reduce(np.asarray(x, dtype=np.uint64))
+    d = x.shape[-1]
+    mu = await arith.div_public(p.fork("mean"), ring.reduce(x.sum(axis=-1, keepdims=True)), d)
+    c = ring.reduce(x - mu)
+    out = await _normalize(p, c, weight, eps, var_range, n_iter, x_bits, w_bits)
+    if p.role != CLIENT and bias is not None:
+        out = ring.reduce(out + ring.encode(np.broadcast_to(np.asarray(bias, np.float64), (d,))))
+    return out
+
+
+async def rmsnorm(
+    p: Party,
+    x: np.ndarray,
+    weight: np.ndarray | None,
+    eps: float,
+    var_range: tuple[int, int],
+    n_iter: int = 2,
+    x_bits: int = DEFAULT_X_BITS,
+    w_bits: int = DEFAULT_W_BITS,
+) -> np.ndarray:
+    """Shares of ``approx.rmsnorm_fixed`` over the last axis (T5, Mixtral): as
+    :func:`layernorm` without the centring and the bias; range |x| < 2^(x_bits−2−f)."""
+    ring = p.ring
+    x = ring.reduce(np.asarray(x, dtype=np.uint64))
+    return await _normalize(p, x, weight, eps, var_range, n_iter, x_bits, w_bits)
+
+
+def norm_cost(
+    pool: OTPool,
+    shape: tuple[int, ...],
+    ring: Ring,
+    var_range: tuple[int, int],
+    centred: bool = True,
+    n_iter: int = 2,
+    x_bits: int = DEFAULT_X_BITS,
+    w_bits: int = DEFAULT_W_BITS,
+) -> OpCost:
+    """Declared payload bytes of :func:`layernorm` (``centred``) or :func:`rmsnorm`."""
+    d = shape[-1]
+    rows = int(np.prod(shape[:-1], dtype=np.int64))
+    n = rows * d
+    c = trunc_cost(pool, rows, ring) if centred else OpCost()  # div_public: one COT per row
+    c = c + square_narrow_cost(pool, n, ring, x_bits) + trunc_cost(pool, rows, ring)
+    c = c + trunc_cost(pool, rows, ring) + rsqrt_cost(pool, rows, *var_range, ring, n_iter)
+    c = c + mul_narrow_cost(pool, rows, d, ring, y_bits(var_range[0], ring))
+    c = c + trunc_cost(pool, n, ring) + mul_server_weight_cost(pool, rows, d, ring, w_bits)
+    return c + trunc_cost(pool, n, ring)
+
+
+def layernorm_cost(
+    pool: OTPool, shape: tuple[int, ...], ring: Ring, var_range: tuple[int, int], **kw: int
+) -> OpCost:
+    """Declared payload bytes of :func:`layernorm`."""
+    return norm_cost(pool, shape, ring, var_range, True, **kw)
+
+
+def rmsnorm_cost(
+    pool: OTPool, shape: tuple[int, ...], ring: Ring, var_range: tuple[int, int], **kw: int
+) -> OpCost:
+    """Declared payload bytes of :func:`rmsnorm`."""
+    return norm_cost(pool, shape, ring, var_range, False, **kw)
+
+
+def error_bound(
+    x: np.ndarray,
+    ring: Ring,
+    weight: np.ndarray,
+    eps: float,
+    var_range: tuple[int, int],
+    centred: bool = True,
+) -> np.ndarray:
+    """Per element, a bound on |secure − spec| in ulps (first-order propagation).
+
+    Δμ ≤ 1 (div_public) so Δc ≤ 1; Δvar ≤ (Σ(2|c| + 1)/2^f + 2)/d + 2 (the truncation, the
+    division and their floors); Δy ≤ ½·v^(−3/2)·Δvar + :data:`RSQRT_SLACK`; then
+    Δz ≤ Δc·y + |c|·Δy + Δc·Δy/2^f + 2 and Δout ≤ Δz·|γ| + 2 (γ, y, c real).
+    """
+    f = ring.frac_bits
+    xs = ring.to_signed(ring.reduce(np.asarray(x, dtype=np.uint64))).astype(np.float64)
+    d = xs.shape[-1]
+    c = xs - np.floor(xs.sum(-1, keepdims=True) / d) if centred else xs
+    dc = 1.0 if centred else 0.0
+    var = np.floor(np.floor((c * c).sum(-1, keepdims=True) / 2**f) / d) / 2**f + eps
+    dvar = ((2 * np.abs(c) * dc + dc).sum(-1, keepdims=True) / 2**f + 2) / d + 2
+    y = 1.0 / np.sqrt(np.maximum(var, 2.0 ** var_range[0]))
+    dy = 0.5 * y**3 * dvar + RSQRT_SLACK
+    dz = dc * y + np.abs(c) / 2**f * dy + dc * dy / 2**f + 2
+    return np.ceil(dz * np.abs(np.asarray(weight, np.float64)) + 2)
+
+
+def ideal_layernorm(
+    x: np.ndarray,
+    ring: Ring,
+    weight: np.ndarray,
+    bias: np.ndarray | None,
+    eps: float,
+    var_range: tuple[int, int],
+    n_iter: int = 2,
+) -> np.ndarray:
+    """The specification: :func:`approx.layernorm_fixed`."""
+    return approx.layernorm_fixed(ring.reduce(x), ring, weight, bias, eps, var_range, n_iter)
+
+
+def ideal_rmsnorm(
+    x: np.ndarray,
+    ring: Ring,
+    weight: np.ndarray,
+    eps: float,
+    var_range: tuple[int, int],
+    n_iter: int = 2,
+) -> np.ndarray:
+    """The specification: :func:`approx.rmsnorm_fixed`."""
+    return approx.rmsnorm_fixed(ring.reduce(x), ring, weight, eps, var_range, n_iter)
+
+
+__all__ = [
+    "error_bound",
+    "ideal_layernorm",
+    "ideal_rmsnorm",
+    "layernorm",
+    "layernorm_cost",
+    "mul_server_weight",
+    "mul_server_weight_cost",
+    "norm_cost",
+    "rmsnorm",
+    "rmsnorm_cost",
+    "rsqrt",
+    "rsqrt_cost",
+]
