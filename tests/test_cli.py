@@ -166,3 +166,27 @@ def test_bench_ops_json(args, check):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["setup_bytes"] > 0 and res["bytes_c2s"] + res["bytes_s2c"] > 0
     assert check(res)
+
+
+@pytest.mark.parametrize("strategy", ["dispatch", "reveal"])
+def test_bench_moe_small(strategy):
+    out = run(
+        "bench",
+        "moe",
+        "--strategy",
+        strategy,
+        "--experts",
+        "4",
+        "--tokens",
+        "6",
+        "--d-model",
+        "16",
+        "--d-ff",
+        "32",
+        "--json",
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["max_abs_err_vs_fixed"] < 1e-3
+    assert res.get("INSECURE", False) is (strategy == "reveal")

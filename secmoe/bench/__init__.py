@@ -1,6 +1,6 @@
 """``secmoe bench``: micro and end-to-end benchmarks (ops register themselves on import)."""
 
-from . import channel_bench, ot_bench, protocols_bench  # noqa: F401  (register the ops)
+from . import channel_bench, moe_bench, ot_bench, protocols_bench  # noqa: F401  (register the ops)
 from .registry import REGISTRY, BenchOp, register
 from .runner import run_bench, run_party
 

@@ -25,13 +25,14 @@ async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[
         snap, t0 = ch.stats.snapshot(), time.perf_counter()
         state = await op.setup(ch, args)
         setup_s, setup = time.perf_counter() - t0, ch.stats.since(snap)
-    snap, t0 = ch.stats.snapshot(), time.perf_counter()
+    snap, t0, cpu0 = ch.stats.snapshot(), time.perf_counter(), time.process_time()
     output = await op.run(ch, args, state)
     seconds, cost = time.perf_counter() - t0, ch.stats.since(snap)
+    cpu = time.process_time() - cpu0
     with ch.phase("check"):
         extra = await op.check(ch, args, state, output)
     with ch.phase("report"):
-        mine = {"seconds": seconds, "setup_seconds": setup_s, "extra": extra}
+        mine = {"seconds": seconds, "setup_seconds": setup_s, "cpu": cpu, "extra": extra}
         if ch.role == "client":
             await ch.send(mine, tag="bench/report")
             theirs = await ch.recv(tag="bench/report")
@@ -62,6 +63,10 @@ async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[
         if args.net is None
         else {},
         **per_item,
+        # CPU seconds of each party's process during the run: over TCP each party is its own
+        # process; locally both run in one process and the two figures are the same total.
+        "client_cpu_seconds": client["cpu"],
+        "server_cpu_seconds": server["cpu"],
         **server["extra"],
         **client["extra"],
     }

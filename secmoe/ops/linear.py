@@ -57,6 +57,8 @@ from ..protocols.he_setup import (
 )
 from ..protocols.party import Party
 
+#: The server's default memory budget for cached weight plaintexts (4 GiB).
+DEFAULT_CACHE_BUDGET = 4 << 30
 #: Public bound on encoded weights: |round(W·2^f)| < 2^(W_BITS−1), i.e. |W| < 2^5 at f = 18.
 W_BITS = 24
 
@@ -69,6 +71,9 @@ class HEState:
     keys: dict[str, ClientHE | ServerHE]
     encoded: dict[tuple[int, tuple[int, ...], int], EncodedWeights] = field(default_factory=dict)
     selects: dict[tuple, SelectWeights] = field(default_factory=dict)
+    #: Server: bytes of NTT plaintexts the weight cache may hold; past it, weight blocks are
+    #: encoded on use (less memory, more online time — counted in the run).
+    cache_budget: int = DEFAULT_CACHE_BUDGET
 
     def client(self, params: HEParams) -> ClientHE:
         he = self.keys[params.name]
@@ -131,7 +136,10 @@ def prepare(p: Party, w: np.ndarray, rows: int) -> EncodedWeights:
             f"a weight exceeds the public bound |W| < 2^{W_BITS - 1 - p.ring.frac_bits}"
         )
     plan = plan_matmul(rows, w.shape[0], [w.shape[1]], HE_8K, w_bits=W_BITS)
-    st.encoded[key] = encode_weights(st.server(HE_8K).ctx, [enc], plan)
+    cache = "ntt" if plan.cache_bytes() <= st.cache_budget else "blocks"
+    if cache == "ntt":
+        st.cache_budget -= plan.cache_bytes()
+    st.encoded[key] = encode_weights(st.server(HE_8K).ctx, [enc], plan, cache=cache)
     return st.encoded[key]
 
 

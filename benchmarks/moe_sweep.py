@@ -1,0 +1,193 @@
+"""The MoE scaling study: bytes and time of each strategy against the number of experts.
+
+Each configuration is one ``secmoe bench moe`` run as two processes over TCP loopback (so the
+server's CPU time is its own process's), appended as one JSON line to the results file as soon
+as it finishes. ``--plot`` draws bytes and time against E from a results file.
+
+    python benchmarks/moe_sweep.py --profile t8 --out benchmarks/results/moe_t8.jsonl
+    python benchmarks/moe_sweep.py --profile target --out benchmarks/results/moe_target.jsonl
+    python benchmarks/moe_sweep.py --plot benchmarks/results/moe_t8.jsonl --png docs/moe_t8
+
+Profiles:
+- ``t8``: Switch-Base dimensions (d = 768, d_ff = 3072, ReLU), T = 8 (the paper's setting),
+  top-1, E = 8, 16, 32, 64, every strategy.
+- ``target``: d = 256, d_ff = 1024, T = 128, E = 64, cf = 1.25: issue 10's comparison.
+- ``t128``: Switch-Base dimensions with T = 128 for ``dispatch`` and ``reveal`` (``select``
+  and ``all`` would run for hours here: use ``t128-per-token``).
+- ``t128-per-token``: ``select`` and ``all`` on 8 tokens at E = 8..64, reported per token and
+  labelled so (``per_token``), never extrapolated silently.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SECMOE = [sys.executable, "-m", "secmoe.cli", "bench", "moe"]
+STRATEGIES = ("reveal", "dispatch", "select", "all")
+BASE = {"d_model": 768, "d_ff": 3072, "ffn": "relu", "top_k": 1, "capacity_factor": 1.25}
+
+
+def profile(name: str) -> list[dict]:
+    """The configurations of a profile."""
+    if name == "t8":
+        return [
+            {**BASE, "tokens": 8, "experts": e, "strategy": s}
+            for e in (8, 16, 32, 64)
+            for s in STRATEGIES
+        ]
+    if name == "target":
+        return [
+            {**BASE, "d_model": 256, "d_ff": 1024, "tokens": 128, "experts": 64, "strategy": s}
+            for s in STRATEGIES
+        ]
+    if name == "t128":
+        return [
+            {**BASE, "tokens": 128, "experts": e, "strategy": s}
+            for e in (8, 16, 32, 64)
+            for s in ("reveal", "dispatch")
+        ]
+    if name == "t128-per-token":
+        return [
+            {**BASE, "tokens": 8, "experts": e, "strategy": s, "per_token": True}
+            for e in (8, 16, 32, 64)
+            for s in ("select", "all")
+        ]
+    raise SystemExit(f"unknown profile {name!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_one(cfg: dict, timeout: float) -> dict:
+    """One configuration as two processes; the client's JSON result (or the error)."""
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items() if k != "per_token"]
+    args += ["--json", "--no-check", f"--timeout={timeout}"]
+    port = free_port()
+    server = subprocess.Popen(
+        [*SECMOE, *args, "--party", "server", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    t0 = time.perf_counter()
+    client = subprocess.run(
+        [
+            *SECMOE,
+            *args,
+            "--party",
+            "client",
+            "--connect",
+            f"127.0.0.1:{port}",
+            "--connect-timeout",
+            "60",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout + 120,
+    )
+    _, serr = server.communicate(timeout=120)
+    wall = time.perf_counter() - t0
+    if client.returncode or server.returncode:
+        return {"config": cfg, "error": (client.stderr + serr).strip()[-500:], "wall": wall}
+    res = json.loads(client.stdout.strip().splitlines()[-1])
+    res.update(config=cfg, wall=wall)
+    if cfg.get("per_token"):
+        res["per_token"] = {
+            k: res[k] / cfg["tokens"]
+            for k in ("bytes_c2s", "bytes_s2c", "seconds", "server_cpu_seconds")
+        }
+    return res
+
+
+def sweep(configs: list[dict], out: Path, timeout: float) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stamp = {
+        "date": datetime.date.today().isoformat(),
+        "machine": platform.machine(),
+        "cpus": __import__("os").cpu_count(),
+    }
+    for cfg in configs:
+        res = {**run_one(cfg, timeout), **stamp}
+        with out.open("a") as fh:
+            fh.write(json.dumps(res, sort_keys=True) + "\n")
+        brief = {
+            k: res.get(k)
+            for k in ("bytes_c2s", "bytes_s2c", "seconds", "server_cpu_seconds", "error")
+        }
+        print(json.dumps({**cfg, **brief}), flush=True)
+
+
+def plot(results: Path, png_prefix: str) -> None:
+    """Bytes and server time against E, one line per strategy (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "error" not in r]
+    for metric, label in (
+        ("bytes", "bytes on the wire (MB)"),
+        ("server_cpu_seconds", "server CPU time (s)"),
+    ):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for s in STRATEGIES:
+            pts = sorted(
+                (r["config"]["experts"], _value(r, metric))
+                for r in rows
+                if r["config"]["strategy"] == s
+            )
+            if pts:
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    marker="o",
+                    label=s + (" (INSECURE)" if s == "reveal" else ""),
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("experts E")
+        ax.set_ylabel(label)
+        tokens = rows[0]["config"]["tokens"] if rows else "?"
+        ax.set_title(f"secure MoE layer, T = {tokens}")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        path = f"{png_prefix}_{'bytes' if metric == 'bytes' else 'time'}.png"
+        fig.savefig(path, dpi=120)
+        print(f"wrote {path}")
+
+
+def _value(r: dict, metric: str) -> float:
+    if metric == "bytes":
+        return (r["bytes_c2s"] + r["bytes_s2c"]) / 1e6
+    return r[metric]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", choices=("t8", "target", "t128", "t128-per-token"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/moe.jsonl"))
+    ap.add_argument("--timeout", type=float, default=3600.0, help="per run (s)")
+    ap.add_argument("--plot", type=Path, help="a results file to plot")
+    ap.add_argument("--png", default="docs/moe", help="output prefix for --plot")
+    args = ap.parse_args()
+    if args.plot:
+        plot(args.plot, args.png)
+    elif args.profile:
+        sweep(profile(args.profile), args.out, args.timeout)
+    else:
+        ap.error("give --profile or --plot")
+
+
+if __name__ == "__main__":
+    main()

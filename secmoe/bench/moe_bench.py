@@ -1,0 +1,184 @@
+"""``secmoe bench moe``: one secure MoE layer (router, top-k, gates, experts) per strategy.
+
+The server's expert weights are random (a public seed: benchmark weights are not secrets); the
+client's tokens are random too. Setup (OT base OTs, HE keys, the server's weight encoding and
+the input sharing) is measured apart; the run is :func:`secmoe.ops.moe.moe`; the check reveals
+the output to the client and compares it with the fixed-point emulation of the same layer
+(:func:`secmoe.model.reference.moe_forward` with :class:`secmoe.model.fixed.FixedOps`), with
+the same capacity semantics for ``dispatch``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import numpy as np
+
+from ..crypto.prg import PRG
+from ..model.config import ModelConfig
+from ..model.fixed import FixedOps
+from ..model.reference import moe_forward
+from ..model.weights import MoE
+from ..net import Channel
+from ..ops.linear import prepare, prepare_select, select_chunk, setup_he
+from ..ops.moe import INSECURE_STRATEGIES, STRATEGIES, ExpertWeights, MoESpec, moe
+from ..protocols.party import Party
+from ..protocols.shares import reveal, share
+from .registry import BenchOp, register
+
+FFNS = ("relu", "gelu", "gated-gelu", "swiglu")
+
+
+def _args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="select",
+        help="select (the paper), all, dispatch (ours), reveal (INSECURE)",
+    )
+    p.add_argument("--experts", type=int, default=8)
+    p.add_argument("--tokens", type=int, default=8)
+    p.add_argument("--d-model", type=int, default=768)
+    p.add_argument("--d-ff", type=int, default=3072)
+    p.add_argument("--ffn", choices=FFNS, default="relu")
+    p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--capacity-factor", type=float, default=1.25, help="dispatch")
+    p.add_argument("--capacity", type=int, help="dispatch: explicit C (overrides the factor)")
+    p.add_argument("--no-check", action="store_true", help="skip the plaintext comparison")
+
+
+def _spec(args: argparse.Namespace) -> MoESpec:
+    return MoESpec(
+        args.d_model,
+        args.d_ff,
+        args.experts,
+        args.top_k,
+        args.ffn,
+        "mixtral" if args.top_k > 1 else "switch",
+        args.capacity_factor,
+        args.capacity,
+    )
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    if min(args.experts, args.tokens, args.d_model, args.d_ff) < 1 or args.experts < 2:
+        raise ValueError("--experts ≥ 2; --tokens, --d-model, --d-ff ≥ 1")
+    _spec(args)  # validates top-k, FFN kind, capacity
+    return {
+        k: getattr(args, k)
+        for k in (
+            "strategy",
+            "experts",
+            "tokens",
+            "d_model",
+            "d_ff",
+            "ffn",
+            "top_k",
+            "capacity_factor",
+            "capacity",
+        )
+    }
+
+
+def _weights(args: argparse.Namespace) -> MoE:
+    """Random expert weights, N(0, 1/d) (public seed: benchmark weights are not secrets)."""
+    rng = np.random.default_rng(12345)  # not secret: a reproducible benchmark model
+    e, d, f = args.experts, args.d_model, args.d_ff
+    g = args.ffn in ("gated-gelu", "swiglu")
+
+    def mat(*shape: int) -> np.ndarray:
+        return (rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[-2])).astype(
+            np.float32
+        )
+
+    return MoE(mat(d, e), mat(e, d, f), mat(e, f, d), mat(e, d, f) if g else None)
+
+
+def _config(args: argparse.Namespace) -> ModelConfig:
+    arch = "mixtral" if args.top_k > 1 else "switch"
+    return ModelConfig(
+        name="bench-moe",
+        arch=arch,
+        d_model=args.d_model,
+        n_heads=1,
+        n_layers=1,
+        d_ff=args.d_ff,
+        n_experts=args.experts,
+        top_k=args.top_k,
+        moe_layers=(0,),
+        ffn=args.ffn,
+        norm="layernorm",
+        seq_len=args.tokens,
+        input="patches",
+        patch_dim=args.d_model,
+        position="none",
+        capacity_factor=args.capacity_factor,
+    )
+
+
+async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
+    spec, t = _spec(args), args.tokens
+    select = args.strategy == "select"
+    items = select_chunk(t, args.experts) * args.experts if select else 0
+    p = await setup_he(await Party.setup(ch, PRG()), select_items=items)
+    w = None
+    x_plain = None
+    if p.role == "server":
+        m = _weights(args)
+        w = ExpertWeights(m.router, m.w1, m.w2, m.v)
+        prepare(p, w.router, t)
+        rows = {"all": t, "dispatch": spec.capacity_for(t)}.get(args.strategy)
+        for e in range(args.experts) if rows else ():
+            for mat in (w.w1, w.v, w.w2):
+                if mat is not None:
+                    prepare(p, mat[e], rows)
+        if select:
+            prepare_select(p, [m for m in (w.w1, w.v) if m is not None], t)
+            prepare_select(p, [w.w2], t)
+    else:
+        x_plain = np.asarray(
+            PRG(b"secmoe-bench-moe").uint64((t, args.d_model)) % np.uint64(1 << 19), np.int64
+        )
+        x_plain = p.ring.from_signed(x_plain - (1 << 18))  # uniform in [−1, 1)
+    x = await share(p.fork("input"), x_plain, "client", (t, args.d_model))
+    return {"p": p, "w": w, "x": x, "x_plain": x_plain}
+
+
+async def _run(ch: Channel, args: argparse.Namespace, st: dict[str, Any]) -> np.ndarray:
+    return await moe(st["p"].fork("moe"), st["x"], st["w"], _spec(args), args.strategy)
+
+
+async def _check(
+    ch: Channel, args: argparse.Namespace, st: dict[str, Any], out: np.ndarray
+) -> dict[str, Any]:
+    p: Party = st["p"]
+    extra = {"INSECURE": True} if args.strategy in INSECURE_STRATEGIES else {}
+    if args.no_check:
+        return extra
+    got = await reveal(p.fork("check"), out, to="client")
+    if p.role != "client":
+        return extra
+    cfg, ring = _config(args), p.ring
+    x = st["x_plain"][None]
+    cap = _spec(args).capacity_for(args.tokens) if args.strategy == "dispatch" else False
+    want, _ = moe_forward(FixedOps(ring), x, _weights(args), cfg, 0, cap)
+    err = np.abs(ring.decode(got) - ring.decode(want[0]))
+    return {
+        **extra,
+        "max_abs_err_vs_fixed": float(err.max()),
+        "mean_abs_err_vs_fixed": float(err.mean()),
+    }
+
+
+MOE = register(
+    BenchOp(
+        "moe",
+        "one secure MoE layer (router, top-k, gates, experts)",
+        _args,
+        _params,
+        _run,
+        _setup,
+        _check,
+    )
+)
