@@ -190,3 +190,29 @@ def test_bench_moe_small(strategy):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["max_abs_err_vs_fixed"] < 1e-3
     assert res.get("INSECURE", False) is (strategy == "reveal")
+
+
+@pytest.mark.parametrize("mode", ["plain-weight", "secret-secret", "select"])
+def test_bench_matmul_modes_are_exact(mode):
+    out = run(
+        "bench",
+        "matmul",
+        "--shape",
+        "3x20x12",
+        "--mode",
+        mode,
+        "--experts",
+        "3",
+        "--heads",
+        "2",
+        "--json",
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["exact"] is True and res["rounds"] == 2
+
+
+def test_bench_matmul_bad_shape_is_one_line():
+    out = run("bench", "matmul", "--shape", "8x768")
+    assert out.returncode == 1 and "TxDxH" in out.stderr

@@ -1,6 +1,12 @@
 """``secmoe bench``: micro and end-to-end benchmarks (ops register themselves on import)."""
 
-from . import channel_bench, moe_bench, ot_bench, protocols_bench  # noqa: F401  (register the ops)
+from . import (  # noqa: F401  (register the ops)
+    channel_bench,
+    matmul_bench,
+    moe_bench,
+    ot_bench,
+    protocols_bench,
+)
 from .registry import REGISTRY, BenchOp, register
 from .runner import run_bench, run_party
 
