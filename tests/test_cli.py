@@ -168,24 +168,20 @@ def test_bench_ops_json(args, check):
     assert check(res)
 
 
-@pytest.mark.parametrize("strategy", ["dispatch", "reveal"])
-def test_bench_moe_small(strategy):
-    out = run(
-        "bench",
-        "moe",
-        "--strategy",
-        strategy,
-        "--experts",
-        "4",
-        "--tokens",
-        "6",
-        "--d-model",
-        "16",
-        "--d-ff",
-        "32",
-        "--json",
-        timeout=300,
-    )
+MOE_DIMS = ["--experts", "4", "--tokens", "6", "--d-model", "16", "--d-ff", "32"]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "extra"),
+    [
+        ("dispatch", []),
+        ("reveal", []),
+        ("dispatch", ["--top-k", "2", "--ffn", "swiglu", "--capacity", "2"]),  # overflow
+        ("select", ["--top-k", "2", "--ffn", "swiglu"]),
+    ],
+)
+def test_bench_moe_small(strategy, extra):
+    out = run("bench", "moe", "--strategy", strategy, *MOE_DIMS, *extra, "--json", timeout=300)
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["max_abs_err_vs_fixed"] < 1e-3

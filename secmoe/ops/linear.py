@@ -205,9 +205,15 @@ async def matmul(p: Party, a: np.ndarray, b: np.ndarray, *, truncate: bool = Tru
     return await arith.trunc(p.fork("trunc"), y) if truncate else y
 
 
+#: One-hot entries (tokens × experts) per selection call. The server expands each into its own
+#: ciphertext (~1.5 MB at N = 16384), so this bounds its memory to ~1.6 GB per call; it must
+#: also fit one packed ciphertext (≤ N).
+SELECT_ITEMS = 1024
+
+
 def select_chunk(tokens: int, experts: int) -> int:
-    """Tokens per selection call: T·E one-hot entries must fit one ciphertext (≤ N)."""
-    return max(1, min(tokens, HE_16K.n // experts))
+    """Tokens per selection call: at most :data:`SELECT_ITEMS` one-hot entries (T·E)."""
+    return max(1, min(tokens, min(SELECT_ITEMS, HE_16K.n) // experts))
 
 
 def _select_key(ws: list[np.ndarray], rows: int) -> tuple:

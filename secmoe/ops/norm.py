@@ -38,11 +38,11 @@ import numpy as np
 from ..crypto.ring import Ring
 from ..protocols import arith
 from ..protocols.boolean import CLIENT
+from ..protocols.cost import Cost
 from ..protocols.ot.pool import OTPool
 from ..protocols.party import Party
 from . import approx
 from .piecewise import (
-    OpCost,
     acot_cost,
     mul_narrow,
     mul_narrow_cost,
@@ -50,7 +50,6 @@ from .piecewise import (
     square_narrow_cost,
     stc,
     stc_cost,
-    trunc_cost,
 )
 
 #: Default narrow width of the centred values: |c| < 2^(30−2−18) = 1024 (|x| < 512).
@@ -125,7 +124,7 @@ def _encode_weight(weight: np.ndarray | None, d: int, w_bits: int, ring: Ring) -
 
 def mul_server_weight_cost(
     pool: OTPool, rows: int, d: int, ring: Ring, w_bits: int = DEFAULT_W_BITS
-) -> OpCost:
+) -> Cost:
     """Declared cost of :func:`mul_server_weight` on ``rows`` rows of d."""
     return acot_cost(pool, CLIENT, d * w_bits, ring, rows)
 
@@ -156,13 +155,11 @@ async def rsqrt(p: Party, v: np.ndarray, lo: int, hi: int, n_iter: int = 2) -> n
     return y
 
 
-def rsqrt_cost(pool: OTPool, n: int, lo: int, hi: int, ring: Ring, n_iter: int = 2) -> OpCost:
+def rsqrt_cost(pool: OTPool, n: int, lo: int, hi: int, ring: Ring, n_iter: int = 2) -> Cost:
     """Declared cost of :func:`rsqrt` on n values."""
     c = stc_cost(pool, approx.rsqrt_guess(lo, hi), n, ring, rsqrt_bits(hi, ring))
-    step = mul_narrow_cost(pool, n, 1, ring, y_bits(lo, ring)) + trunc_cost(pool, n, ring)
-    for _ in range(3 * n_iter):
-        c = c + step
-    return c
+    step = mul_narrow_cost(pool, n, 1, ring, y_bits(lo, ring)) + arith.cost_trunc(pool, n, ring)
+    return c + step.times(3 * n_iter)
 
 
 # --------------------------------------------------------------------------------------------
@@ -254,30 +251,30 @@ def norm_cost(
     n_iter: int = 2,
     x_bits: int = DEFAULT_X_BITS,
     w_bits: int = DEFAULT_W_BITS,
-) -> OpCost:
-    """Declared payload bytes of :func:`layernorm` (``centred``) or :func:`rmsnorm`."""
+) -> Cost:
+    """Declared cost of :func:`layernorm` (``centred``) or :func:`rmsnorm`."""
     d = shape[-1]
     rows = int(np.prod(shape[:-1], dtype=np.int64))
     n = rows * d
-    c = trunc_cost(pool, rows, ring) if centred else OpCost()  # div_public: one COT per row
-    c = c + square_narrow_cost(pool, n, ring, x_bits) + trunc_cost(pool, rows, ring)
-    c = c + trunc_cost(pool, rows, ring) + rsqrt_cost(pool, rows, *var_range, ring, n_iter)
-    c = c + mul_narrow_cost(pool, rows, d, ring, y_bits(var_range[0], ring))
-    c = c + trunc_cost(pool, n, ring) + mul_server_weight_cost(pool, rows, d, ring, w_bits)
-    return c + trunc_cost(pool, n, ring)
+    row, elem = arith.cost_trunc(pool, rows, ring), arith.cost_trunc(pool, n, ring)
+    c = row if centred else Cost()  # μ by div_public: one COT per row
+    c = c + square_narrow_cost(pool, n, ring, x_bits) + row + row  # Σc², trunc, ÷ d
+    c = c + rsqrt_cost(pool, rows, *var_range, ring, n_iter)
+    c = c + mul_narrow_cost(pool, rows, d, ring, y_bits(var_range[0], ring)) + elem
+    return c + mul_server_weight_cost(pool, rows, d, ring, w_bits) + elem
 
 
 def layernorm_cost(
     pool: OTPool, shape: tuple[int, ...], ring: Ring, var_range: tuple[int, int], **kw: int
-) -> OpCost:
-    """Declared payload bytes of :func:`layernorm`."""
+) -> Cost:
+    """Declared cost of :func:`layernorm`."""
     return norm_cost(pool, shape, ring, var_range, True, **kw)
 
 
 def rmsnorm_cost(
     pool: OTPool, shape: tuple[int, ...], ring: Ring, var_range: tuple[int, int], **kw: int
-) -> OpCost:
-    """Declared payload bytes of :func:`rmsnorm`."""
+) -> Cost:
+    """Declared cost of :func:`rmsnorm`."""
     return norm_cost(pool, shape, ring, var_range, False, **kw)
 
 

@@ -19,10 +19,10 @@ comparison width.
                      secret × secret product per power;
     Step 4  one truncation by f + e (skipped when every coefficient is an integer).
 
-Declared and measured (IKNP, ℓ = 64, the 6-segment GeLU, 128 × 3072): "mux" 2.39 KB per
-element, "onehot" 5.29 KB: the products a_1·x and a_2·x² cost 1.6 + 1.3 KB while the five MUXes
-cost 0.24 KB, so "mux" is the default. Both are select-then-compute: the secret products are
-those of one polynomial (here one square), whatever the number of segments.
+Measured (the 6-segment GeLU, 32 × 3072): "mux" 38 MB with the silent COT source (235 MB with
+IKNP), "onehot" 135 MB (520 MB): the products a_1·x and a_2·x² cost far more than the five
+MUXes (two COTs each), so "mux" is the default. Both are select-then-compute: the secret
+products are those of one polynomial (here one square), whatever the number of segments.
 
 **Products** use narrow operands (:func:`square_narrow`, :func:`mul_narrow`: k + 2 COTs instead
 of ℓ). The width is that of the segments that use the power (:func:`domain_bits`): elsewhere a
@@ -36,12 +36,12 @@ indicator s_j (Boolean, local from c) selects by one MUX per non-zero segment.
 **Breakpoint comparisons** (:func:`compare_breakpoints`): 1{x > b} = MSB(b − x) on k bits,
 valid when |x − b_j| < 2^(k−1−f) (callers state the range; the default k = 32 covers
 |x| + |b| < 2^13, the range in which x² itself does not overflow the truncation's 2^(ℓ−2)).
-Every breakpoint is compared against the same x, so work is shared (:func:`compare_breakpoints`):
+Every breakpoint is compared against the same x, so work is shared:
 the low t bits that all encoded b_j have zero (GeLU's odd integers: t = f) carry the same for
 every j (one millionaires' for all), and each high digit is one 1-out-of-2^s OT whose messages
 hold every breakpoint's (gt, eq) bits; an AND chain per breakpoint combines the digits. A
 planner picks t, the radix and the digit size (:func:`compare_plan`). GeLU at k = 32: 1.50 KB
-for the five comparisons, against 4.83 KB for five separate 32-bit MSBs.
+for the five comparisons with IKNP, against 4.83 KB for five separate 32-bit MSBs.
 
 REF: SecMoE (arXiv 2601.06790) for STC; CrypTFlow2 (eprint 2020/1002) for MSB from the
 millionaires' carry; PUMA (eprint 2023/1327) §5 for the GeLU baseline.
@@ -51,15 +51,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..crypto.ring import Ring
-from ..net.codec import encode
 from ..protocols import arith, boolean, compare
 from ..protocols.boolean import CLIENT
+from ..protocols.cost import Cost
 from ..protocols.ot.pool import OTPool
 from ..protocols.party import Party
 from .approx import PiecewisePolynomial
@@ -70,118 +69,19 @@ SELECTS = ("mux", "onehot")
 METHODS = ("stc", "ctc")
 
 # --------------------------------------------------------------------------------------------
-# Declared costs of the building blocks (payload bytes per direction). They mirror the message
-# flow of secmoe.protocols (and ride on the OT pool's own declared costs); they belong beside
-# those protocols and are here until the protocols declare them.
+# Declared costs: secmoe.protocols.cost.Cost (``+`` sequential, ``|`` concurrent; rounds are an
+# upper bound for composites) from the protocols' own declarations and the OT pool's.
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class OpCost:
-    """Payload bytes an operation sends in each direction (framing excluded)."""
-
-    bytes_c2s: int = 0
-    bytes_s2c: int = 0
-
-    def __add__(self, other: OpCost) -> OpCost:
-        return OpCost(self.bytes_c2s + other.bytes_c2s, self.bytes_s2c + other.bytes_s2c)
-
-    @property
-    def bytes_total(self) -> int:
-        return self.bytes_c2s + self.bytes_s2c
-
-    def as_dict(self) -> dict[str, int]:
-        return {"bytes_c2s": self.bytes_c2s, "bytes_s2c": self.bytes_s2c}
+def acot_cost(pool: OTPool, sender: str, n: int, ring: Ring, k: int | None = None) -> Cost:
+    """n additive correlated OTs of ℓ-bit (× k) messages, ``sender`` sending."""
+    return Cost.of_ot(pool.cost("acot", n, ring.bits, k), sender)
 
 
-ZERO = OpCost()
-
-
-def total(costs: Sequence[OpCost]) -> OpCost:
-    """The sum of several costs."""
-    out = ZERO
-    for c in costs:
-        out = out + c
-    return out
-
-
-def ot_cost(
-    pool: OTPool,
-    sender: str,
-    kind: str,
-    n: int,
-    bits: int = 1,
-    k: int | None = None,
-    n_choices: int = 2,
-) -> OpCost:
-    """One OT batch of the pool with ``sender`` as the OT sender."""
-    d = pool.cost(kind, n, bits, k, n_choices).directed(sender)
-    return OpCost(d["bytes_c2s"], d["bytes_s2c"])
-
-
-def acot_cost(pool: OTPool, sender: str, n: int, ring: Ring, k: int | None = None) -> OpCost:
-    """n additive correlated OTs of ℓ-bit (× k) messages."""
-    return ot_cost(pool, sender, "acot", n, ring.bits, k)
-
-
-def b2a_cost(pool: OTPool, n: int, ring: Ring) -> OpCost:
-    """:func:`secmoe.protocols.boolean.b2a`: one COT per bit, the client sends."""
-    return acot_cost(pool, CLIENT, n, ring)
-
-
-def trunc_cost(pool: OTPool, n: int, ring: Ring) -> OpCost:
-    """:func:`secmoe.protocols.arith.trunc`: one COT per element, the client sends."""
-    return acot_cost(pool, CLIENT, n, ring)
-
-
-def mux_cost(pool: OTPool, n: int, ring: Ring) -> OpCost:
-    """:func:`secmoe.protocols.boolean.mux`: one COT each way per element."""
-    return acot_cost(pool, CLIENT, n, ring) + acot_cost(pool, "server", n, ring)
-
-
-def square_cost(pool: OTPool, n: int, ring: Ring) -> OpCost:
-    """:func:`secmoe.protocols.arith.square`: ℓ COTs per element, the client sends."""
-    return acot_cost(pool, CLIENT, n * ring.bits, ring)
-
-
-def mul_cost(pool: OTPool, n: int, ring: Ring) -> OpCost:
-    """:func:`secmoe.protocols.arith.mul`: ℓ COTs each way per element."""
-    return square_cost(pool, n, ring) + acot_cost(pool, "server", n * ring.bits, ring)
-
-
-def _bool_msg(n_bits: int) -> int:
-    return len(encode(np.zeros(n_bits, dtype=bool)))
-
-
-def triples_cost(pool: OTPool, n: int) -> OpCost:
-    """:func:`secmoe.protocols.boolean.bit_triples`: one 1-bit random OT each way per triple."""
-    return ot_cost(pool, CLIENT, "rot", n) + ot_cost(pool, "server", "rot", n)
-
-
-def and_open_cost(n: int) -> OpCost:
-    """The opening of :func:`secmoe.protocols.boolean.and_` (given triples): 2n bits each way."""
-    b = _bool_msg(2 * n)
-    return OpCost(b, b)
-
-
-def millionaires_cost(
-    pool: OTPool, n: int, bits: int, want_eq: bool = False, radix: int = compare.DEFAULT_RADIX_BITS
-) -> OpCost:
-    """:func:`secmoe.protocols.compare.millionaires` on n values of ``bits`` bits."""
-    q = -(-bits // radix)
-    c = ot_cost(pool, CLIENT, "kkot", n * q, 2, n_choices=1 << radix)
-    c = c + triples_cost(pool, n * compare.and_count(q, want_eq))
-    while q > 1:
-        pairs = q // 2
-        last = pairs + q % 2 == 1
-        c = c + and_open_cost(n * pairs * (2 if (not last or want_eq) else 1))
-        q = pairs + q % 2
-    return c
-
-
-def msb_cost(pool: OTPool, n: int, bits: int) -> OpCost:
-    """:func:`secmoe.protocols.compare.msb` at ``bits`` bits: a millionaires' on bits − 1."""
-    return millionaires_cost(pool, n, bits - 1)
+def and_open_cost(n: int) -> Cost:
+    """The opening of :func:`secmoe.protocols.boolean.and_` with given triples."""
+    return Cost.exchange(np.zeros(2 * n, bool))
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +138,10 @@ async def mul_narrow(
     """
     ring = p.ring
     x = np.asarray(x, dtype=np.uint64)
-    rows = int(np.asarray(y).size)
+    y_shape = np.shape(y)
+    if y_shape != x.shape and y_shape != (*x.shape[:-1], 1):
+        raise ValueError(f"mul_narrow: y must be {x.shape} or {(*x.shape[:-1], 1)}, got {y_shape}")
+    rows = int(np.prod(y_shape, dtype=np.int64))
     width = x.size // rows
     xr = x.reshape(rows, width)
     k, wrap = _narrow_width(y_bits, ring)
@@ -272,11 +175,11 @@ def _narrow_width(bits: int | None, ring: Ring) -> tuple[int, bool]:
 
 def mul_narrow_cost(
     pool: OTPool, rows: int, width: int, ring: Ring, y_bits: int | None = None
-) -> OpCost:
+) -> Cost:
     """Declared cost of :func:`mul_narrow` with ``rows`` values of y and rows of ``width``."""
     k, wrap = _narrow_width(y_bits, ring)
     n = rows * (k + int(wrap))
-    return acot_cost(pool, CLIENT, n, ring, width) + acot_cost(pool, "server", n, ring, width)
+    return acot_cost(pool, CLIENT, n, ring, width) | acot_cost(pool, "server", n, ring, width)
 
 
 async def square_narrow(p: Party, x: np.ndarray, x_bits: int | None = None) -> np.ndarray:
@@ -318,12 +221,12 @@ async def square_narrow(p: Party, x: np.ndarray, x_bits: int | None = None) -> n
     return ring.reduce(local + cross).reshape(x.shape)
 
 
-def square_narrow_cost(pool: OTPool, n: int, ring: Ring, x_bits: int | None = None) -> OpCost:
+def square_narrow_cost(pool: OTPool, n: int, ring: Ring, x_bits: int | None = None) -> Cost:
     """Declared cost of :func:`square_narrow` on n elements."""
     k, wrap = _narrow_width(x_bits, ring)
     if not wrap:
-        return square_cost(pool, n, ring)
-    return acot_cost(pool, CLIENT, n * (k + 1), ring) + acot_cost(pool, "server", n, ring)
+        return arith.cost_square(pool, n, ring)
+    return acot_cost(pool, CLIENT, n * (k + 1), ring) | acot_cost(pool, "server", n, ring)
 
 
 # --------------------------------------------------------------------------------------------
@@ -366,26 +269,27 @@ def _split(h: int, size: int) -> tuple[int, ...]:
     return tuple(h // q + (1 if i < h % q else 0) for i in range(q)) if h else ()
 
 
-def _leaves_cost(pool: OTPool, n: int, m: int, size: int) -> OpCost:
-    groups = [min(MAX_GROUP, m - g) for g in range(0, m, MAX_GROUP)]
-    return total([ot_cost(pool, CLIENT, "kkot", n, 2 * g, n_choices=1 << size) for g in groups])
+def _leaves_cost(pool: OTPool, n: int, m: int, size: int) -> Cost:
+    out = Cost()
+    for g0 in range(0, m, MAX_GROUP):
+        g = min(MAX_GROUP, m - g0)
+        out = out + Cost.of_ot(pool.cost("kkot", n, 2 * g, n_choices=1 << size), CLIENT)
+    return out
 
 
-def plan_cost(pool: OTPool, n: int, m: int, plan: ComparePlan) -> OpCost:
+def plan_cost(pool: OTPool, n: int, m: int, plan: ComparePlan) -> Cost:
     """Declared cost of :func:`compare_breakpoints` (n elements, m breakpoints) under ``plan``."""
-    c = millionaires_cost(pool, n, plan.low, radix=plan.radix) if plan.low else ZERO
-    c = c + total([_leaves_cost(pool, n, m, s) for s in plan.digits])
+    first = Cost()
+    for size in plan.digits:  # the leaves run concurrently
+        first = first | _leaves_cost(pool, n, m, size)
+    if plan.low:
+        first = first | compare.cost_millionaires(pool, n, plan.low, m=plan.radix)
     ands = len(plan.digits) - (0 if plan.low else 1)
     if ands > 0:
-        c = c + triples_cost(pool, n * m * ands) + total([and_open_cost(n * m)] * ands)
-    return c
-
-
-def plan_rounds(plan: ComparePlan) -> int:
-    """Flights on the critical path: the leaf OTs (2) or the low millionaires' (2 + its AND
-    levels), whichever is longer, then one AND per high digit."""
-    lo = 2 + math.ceil(math.log2(-(-plan.low // plan.radix))) if plan.low else 2
-    return max(lo, 2) + len(plan.digits) - (0 if plan.low else 1)
+        first = first | boolean.cost_bit_triples(pool, n * m * ands)
+    for _ in range(ands):
+        first = first + and_open_cost(n * m)
+    return first
 
 
 #: Plan objective weights, in bytes at 1 Gbit/s (a LAN wall-clock proxy), measured on the
@@ -426,7 +330,8 @@ def compare_plan(pool: OTPool, n: int, thresholds: np.ndarray, bits: int) -> Com
             for size in sizes:
                 plan = ComparePlan(bits, t, r, _split(h, size) if h else ())
                 cots, fields = plan_work(n, m, plan)
-                b = plan_cost(pool, n, m, plan).bytes_total + ROUND_BYTES * plan_rounds(plan)
+                c = plan_cost(pool, n, m, plan)
+                b = c.bytes_total + ROUND_BYTES * c.rounds
                 b += COT_BYTES * cots + FIELD_BYTES * fields
                 if best is None or b < best[0]:
                     best = (b, plan)
@@ -434,8 +339,10 @@ def compare_plan(pool: OTPool, n: int, thresholds: np.ndarray, bits: int) -> Com
     return best[1]
 
 
-def compare_cost(pool: OTPool, n: int, thresholds: np.ndarray, bits: int) -> OpCost:
+def compare_cost(pool: OTPool, n: int, thresholds: np.ndarray, bits: int) -> Cost:
     """Declared cost of :func:`compare_breakpoints` on n elements."""
+    if len(thresholds) == 0:
+        return Cost()
     return plan_cost(pool, n, len(thresholds), compare_plan(pool, n, thresholds, bits))
 
 
@@ -462,6 +369,8 @@ async def compare_breakpoints(
 
     Cost: :func:`compare_cost` (leaves: 2 rounds; then one AND round per digit).
     """
+    if len(thresholds) == 0:  # a single segment: nothing to compare
+        return np.zeros((*np.shape(x), 0), dtype=bool)
     thr = np.asarray(thresholds, dtype=np.int64).reshape(-1)
     m = thr.size
     x = np.asarray(x, dtype=np.uint64)
@@ -613,16 +522,16 @@ def _coef_bits(pp: PiecewisePolynomial, ring: Ring, cmp_bits: int, k: int) -> in
     return power_bits(k, domain_bits(sub, ring, cmp_bits, k), ring)
 
 
-def powers_cost(pool: OTPool, n: int, degree: int, ring: Ring, x_bits: int | None = None) -> OpCost:
+def powers_cost(pool: OTPool, n: int, degree: int, ring: Ring, x_bits: int | None = None) -> Cost:
     """Declared cost of :func:`powers`."""
-    c = ZERO
+    c = Cost()
     for k in range(2, degree + 1):
         prod = (
             square_narrow_cost(pool, n, ring, x_bits)
             if k == 2
             else mul_narrow_cost(pool, n, 1, ring, x_bits)
         )
-        c = c + prod + trunc_cost(pool, n, ring)
+        c = c + prod + arith.cost_trunc(pool, n, ring)
     return c
 
 
@@ -689,7 +598,9 @@ async def stc(
     if select == "mux":
         v = _segment_values(p, a, pw)
         d = ring.reduce(v[..., 1:] - v[..., :-1])
-        acc = ring.reduce(v[..., 0] + (await boolean.mux(p.fork("sel"), c, d)).sum(-1))
+        acc = v[..., 0]
+        if d.shape[-1]:
+            acc = ring.reduce(acc + (await boolean.mux(p.fork("sel"), c, d)).sum(-1))
     else:
         ca = await boolean.b2a(p.fork("sel"), c)
         first = (np.ones_like(x) if p.role == CLIENT else np.zeros_like(x))[..., None]
@@ -762,31 +673,33 @@ def stc_cost(
     ring: Ring,
     bits: int = DEFAULT_CMP_BITS,
     select: str = "mux",
-) -> OpCost:
-    """Declared payload bytes of :func:`stc` on n elements."""
+) -> Cost:
+    """Declared cost of :func:`stc` on n elements."""
     a, shift = _coeffs(pp, ring)
     deg, m = used_degree(pp), len(pp.breakpoints)
-    c = compare_cost(pool, n, pp.encoded_breakpoints(ring), bits)
-    c = c + powers_cost(pool, n, deg, ring, domain_bits(pp, ring, bits))
+    c = compare_cost(pool, n, pp.encoded_breakpoints(ring), bits) | powers_cost(
+        pool, n, deg, ring, domain_bits(pp, ring, bits)
+    )
     if select == "mux":
-        c = c + mux_cost(pool, n * m, ring)
+        c = c + (boolean.cost_mux(pool, n * m, ring.bits) if m else Cost())
     else:
-        cols = [k for k in range(1, deg + 1) if np.any(a[:, k])]
-        c = c + b2a_cost(pool, n * m, ring)
-        for k in cols:
-            c = c + mul_narrow_cost(pool, n, 1, ring, _coef_bits(pp, ring, bits, k))
-    return c + (trunc_cost(pool, n, ring) if shift else ZERO)
+        prods = Cost()
+        for k in (k for k in range(1, deg + 1) if np.any(a[:, k])):
+            prods = prods | mul_narrow_cost(pool, n, 1, ring, _coef_bits(pp, ring, bits, k))
+        c = c + boolean.cost_b2a(pool, n * m, ring.bits) + prods
+    return c + (arith.cost_trunc(pool, n, ring) if shift else Cost())
 
 
 def ctc_cost(
     pool: OTPool, pp: PiecewisePolynomial, n: int, ring: Ring, bits: int = DEFAULT_CMP_BITS
-) -> OpCost:
-    """Declared payload bytes of :func:`ctc` on n elements."""
+) -> Cost:
+    """Declared cost of :func:`ctc` on n elements."""
     a, shift = _coeffs(pp, ring)
-    c = compare_cost(pool, n, pp.encoded_breakpoints(ring), bits)
-    c = c + powers_cost(pool, n, used_degree(pp), ring, domain_bits(pp, ring, bits))
-    c = c + mux_cost(pool, n * len(_nonzero_rows(a)), ring)
-    return c + (trunc_cost(pool, n, ring) if shift else ZERO)
+    c = compare_cost(pool, n, pp.encoded_breakpoints(ring), bits) | powers_cost(
+        pool, n, used_degree(pp), ring, domain_bits(pp, ring, bits)
+    )
+    c = c + boolean.cost_mux(pool, n * len(_nonzero_rows(a)), ring.bits)
+    return c + (arith.cost_trunc(pool, n, ring) if shift else Cost())
 
 
 def cost(
@@ -797,13 +710,11 @@ def cost(
     method: str = "stc",
     bits: int = DEFAULT_CMP_BITS,
     select: str = "mux",
-) -> OpCost:
-    """Declared payload bytes of :func:`evaluate`."""
-    return (
-        ctc_cost(pool, pp, n, ring, bits)
-        if method == "ctc"
-        else stc_cost(pool, pp, n, ring, bits, select)
-    )
+) -> Cost:
+    """Declared cost of :func:`evaluate`."""
+    if method == "ctc":
+        return ctc_cost(pool, pp, n, ring, bits)
+    return stc_cost(pool, pp, n, ring, bits, select)
 
 
 def ideal(pp: PiecewisePolynomial, x: np.ndarray, ring: Ring) -> np.ndarray:
@@ -835,7 +746,6 @@ def error_bound(pp: PiecewisePolynomial, x: np.ndarray, ring: Ring) -> np.ndarra
 
 __all__ = [
     "DEFAULT_CMP_BITS",
-    "OpCost",
     "compare_breakpoints",
     "compare_cost",
     "cost",

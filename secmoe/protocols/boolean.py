@@ -164,7 +164,8 @@ async def reveal_bits(p: Party, b: np.ndarray, to: str = "both") -> np.ndarray |
 
 def cost_bit_triples(pool: OTPool, n: int) -> Cost:
     """Declared cost of :func:`bit_triples`: n random OTs each way, concurrently."""
-    return Cost.of_ot(pool.cost("rot", n), CLIENT) | Cost.of_ot(pool.cost("rot", n), SERVER)
+    rot = pool.cost("rot", n, random_choices=True)
+    return Cost.of_ot(rot, CLIENT) | Cost.of_ot(rot, SERVER)
 
 
 def cost_and(pool: OTPool, n: int) -> Cost:

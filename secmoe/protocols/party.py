@@ -2,7 +2,9 @@
 
 Protocols are SPMD coroutines ``async def f(p: Party, …)`` that branch on ``p.role``.
 ``p.fork(name)`` gives the context for a concurrent sub-protocol: a forked channel and an
-independent PRG (and, once the OT pool exists, an independent OT extension instance).
+independent PRG (and, once the OT pool exists, the pool's fork: its own channel for OTs, and
+COTs from independent IKNP instances or, with the silent source, from the session's shared
+Ferret streams).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
-from .ot.pool import OTPool
+from .ot.pool import DEFAULT_SOURCE, OTPool
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,24 @@ class Party:
 
     @classmethod
     async def setup(
-        cls, ch: Channel, prg: PRG | None = None, ring: Ring = DEFAULT_RING, ot_source: str = "iknp"
+        cls,
+        ch: Channel,
+        prg: PRG | None = None,
+        ring: Ring = DEFAULT_RING,
+        ot_source: str = DEFAULT_SOURCE,
     ) -> Party:
-        """A party with its OT pool set up (base OTs both ways, in the ``setup`` phase).
+        """A party with its OT pool set up (both directions, in the ``setup`` phase).
 
         The pool runs on the channel's ``ot`` fork, so OT traffic is accounted under ``ot/…``
         and never shares a FIFO with protocol messages.
+
+        Args:
+            ch: this party's end of the session.
+            prg: its private randomness (default: seeded from the OS).
+            ring: the ring protocols compute on.
+            ot_source: the COT source, a key of :data:`secmoe.protocols.ot.pool.SOURCES`
+                (``"silent"``: Ferret, one stream per direction shared by every fork;
+                ``"iknp"``: IKNP, cheaper to set up, 16 B per COT).
         """
         prg = PRG() if prg is None else prg
         pool = await OTPool.setup(ch.fork("ot"), prg.derive("ot"), source=ot_source)

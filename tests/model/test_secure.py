@@ -65,15 +65,19 @@ def _by_path(events):
     return dict(view)
 
 
-@pytest.mark.parametrize(("strategy", "hidden"), [("select", True), ("dispatch", True),
-                                                  ("reveal", False)])
+@pytest.mark.parametrize(
+    ("strategy", "hidden"), [("select", True), ("dispatch", True), ("reveal", False)]
+)
 async def test_server_view_does_not_depend_on_routing(strategy, hidden):
     a, b = _two_inputs_routed_differently()
     views = []
     for x in (a, b):
         events: list = []
-        await secure_run(x, RunOptions(strategy, capacity=2 if strategy == "dispatch" else None),
-                         server_view=events)
+        await secure_run(
+            x,
+            RunOptions(strategy, capacity=2 if strategy == "dispatch" else None),
+            server_view=events,
+        )
         views.append(_by_path(events))
     assert (views[0] == views[1]) is hidden
 

@@ -5,6 +5,7 @@ import pytest
 
 from secmoe.crypto.ring import Ring
 from secmoe.ops import approx, norm
+from tests.ops.test_piecewise import checked
 from tests.protocols.helpers import mine, opened, run_parties, split
 
 R = Ring(64, 18)
@@ -28,17 +29,14 @@ async def test_server_weight_product_is_exact():
     zs = split(R.from_signed(z), R, 1)
 
     async def body(p):
-        snap = p.ch.stats.snapshot()
-        y = await norm.mul_server_weight(
-            p.fork("w"), mine(p, zs), w if p.role == "server" else None
-        )
-        d = p.ch.stats.since(snap)
-        want = norm.mul_server_weight_cost(p.ot, 15, 6, R)
-        return y, (d.bytes_c2s, d.bytes_s2c), (want.bytes_c2s, want.bytes_s2c)
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
+        w_ = w if p.role == "server" else None
+        y = await norm.mul_server_weight(p.fork("w"), mine(p, zs), w_)
+        checked(p, snap, mark, norm.mul_server_weight_cost(p.ot, 15, 6, R))
+        return y
 
-    (cy, meas, want), (sy, _, _) = await run_parties(body)
+    cy, sy = await run_parties(body)
     np.testing.assert_array_equal(opened((cy, sy), R), R.from_signed(z) * R.encode(w))
-    assert meas == want
 
 
 async def test_server_weight_too_wide_is_refused():
@@ -50,8 +48,10 @@ async def test_server_weight_too_wide_is_refused():
         await run_parties(body, timeout=5)
 
 
-@pytest.mark.parametrize("kind", ["layernorm", "rmsnorm"])
-async def test_norms_match_spec_and_float(kind):
+@pytest.mark.parametrize(
+    ("kind", "source"), [("layernorm", "iknp"), ("rmsnorm", "iknp"), ("layernorm", "silent")]
+)
+async def test_norms_match_spec_and_float(kind, source):
     rng = np.random.default_rng(2)
     xf = rng.normal(0.5, 3.0, (3, 2, 48))
     xf[0, 0] = np.linspace(-20, 20, 48)
@@ -62,19 +62,18 @@ async def test_norms_match_spec_and_float(kind):
 
     async def body(p):
         srv = p.role == "server"
-        snap = p.ch.stats.snapshot()
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
         if kind == "layernorm":
             y = await norm.layernorm(
                 p.fork("n"), mine(p, xs), w if srv else None, b if srv else None, EPS, VAR_RANGE
             )
-            want = norm.layernorm_cost(p.ot, x.shape, R, VAR_RANGE)
+            checked(p, snap, mark, norm.layernorm_cost(p.ot, x.shape, R, VAR_RANGE))
         else:
             y = await norm.rmsnorm(p.fork("n"), mine(p, xs), w if srv else None, EPS, VAR_RANGE)
-            want = norm.rmsnorm_cost(p.ot, x.shape, R, VAR_RANGE)
-        d = p.ch.stats.since(snap)
-        return y, (d.bytes_c2s, d.bytes_s2c), (want.bytes_c2s, want.bytes_s2c)
+            checked(p, snap, mark, norm.rmsnorm_cost(p.ot, x.shape, R, VAR_RANGE))
+        return y
 
-    (cy, meas, want), (sy, _, _) = await run_parties(body)
+    cy, sy = await run_parties(body, source=source)
     got = R.to_signed(opened((cy, sy), R))
     if kind == "layernorm":
         spec = norm.ideal_layernorm(x, R, w, b, EPS, VAR_RANGE)
@@ -85,5 +84,4 @@ async def test_norms_match_spec_and_float(kind):
     err = np.abs(got - R.to_signed(spec))
     assert (err <= norm.error_bound(x, R, w, EPS, VAR_RANGE, kind == "layernorm")).all()
     assert np.abs(got / 2**18 - ref).max() < 2e-3
-    assert meas == want
     assert approx.rsqrt_guess(*VAR_RANGE).n_segments == 14

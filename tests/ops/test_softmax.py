@@ -1,11 +1,13 @@
 """Secure softmax: max, exp, reciprocal and the whole, against the spec and the float softmax."""
 
 import numpy as np
+import pytest
 
 from secmoe.crypto.ring import Ring
 from secmoe.ops import approx
 from secmoe.ops import softmax as sm
-from tests.protocols.helpers import mine, opened, run_parties, split
+from tests.ops.test_piecewise import checked
+from tests.protocols.helpers import SOURCES, mine, opened, run_parties, split
 
 R = Ring(64, 18)
 
@@ -29,28 +31,18 @@ async def test_max_exp_reciprocal_pieces():
     vs, ds, ss = split(R.from_signed(v), R, 1), split(R.from_signed(d), R, 2), split(s, R, 3)
 
     async def body(p):
-        meas = []
-        snap = p.ch.stats.snapshot()
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
         m = await sm.row_max(p.fork("max"), mine(p, vs))
-        meas.append(p.ch.stats.since(snap))
-        snap = p.ch.stats.snapshot()
+        checked(p, snap, mark, sm.row_max_cost(p.ot, 6, 7, R, 32))
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
         e = await sm.exp_neg(p.fork("exp"), mine(p, ds))
-        meas.append(p.ch.stats.since(snap))
-        snap = p.ch.stats.snapshot()
+        checked(p, snap, mark, sm.exp_neg_cost(p.ot, d.size, R))
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
         r = await sm.reciprocal(p.fork("rcp"), mine(p, ss), 7)
-        meas.append(p.ch.stats.since(snap))
-        want = [
-            sm.row_max_cost(p.ot, 6, 7, R, 32),
-            sm.exp_neg_cost(p.ot, d.size, R),
-            sm.reciprocal_cost(p.ot, s.size, 7, R),
-        ]
-        return (
-            (m, e, r),
-            [(x.bytes_c2s, x.bytes_s2c) for x in meas],
-            [(w.bytes_c2s, w.bytes_s2c) for w in want],
-        )
+        checked(p, snap, mark, sm.reciprocal_cost(p.ot, s.size, 7, R))
+        return m, e, r
 
-    (cv, meas, want), (sv, _, _) = await run_parties(body)
+    cv, sv = await run_parties(body)
     m, e, r = (opened((a, b), R) for a, b in zip(cv, sv, strict=True))
     np.testing.assert_array_equal(R.to_signed(m)[:, 0], v.max(axis=-1))
     du = R.from_signed(d)
@@ -59,10 +51,10 @@ async def test_max_exp_reciprocal_pieces():
     assert R.to_signed(e)[2:4].tolist() == [0, 0]  # at and below the clip: exactly 0
     rerr = np.abs(R.to_signed(r) - R.to_signed(approx.reciprocal_fixed(s, R, 7)))
     assert rerr.max() <= sm.RECIP_SLACK
-    assert meas == want
 
 
-async def test_softmax_matches_spec_and_float_with_and_without_mask():
+@pytest.mark.parametrize("source", SOURCES)
+async def test_softmax_matches_spec_and_float_with_and_without_mask(source):
     rng = np.random.default_rng(2)
     xf = rng.normal(0, 3, (2, 9, 9))
     xf[0, 0, :] = 0.0  # a flat row
@@ -74,19 +66,16 @@ async def test_softmax_matches_spec_and_float_with_and_without_mask():
     async def body(p):
         out = []
         for name, mask in (("full", None), ("causal", causal)):
-            snap = p.ch.stats.snapshot()
-            y = await sm.softmax(p.fork(name), mine(p, xs), mask)
-            d = p.ch.stats.since(snap)
-            w = sm.softmax_cost(p.ot, x.shape, R, mask)
-            out.append((y, (d.bytes_c2s, d.bytes_s2c), (w.bytes_c2s, w.bytes_s2c)))
+            snap, mark = p.ch.stats.snapshot(), p.ot.mark()
+            out.append(await sm.softmax(p.fork(name), mine(p, xs), mask))
+            checked(p, snap, mark, sm.softmax_cost(p.ot, x.shape, R, mask))
         return out
 
-    c_out, s_out = await run_parties(body)
-    for (cy, meas, want), (sy, _, _), mask in zip(c_out, s_out, (None, causal), strict=True):
+    c_out, s_out = await run_parties(body, source=source)
+    for cy, sy, mask in zip(c_out, s_out, (None, causal), strict=True):
         got = R.to_signed(opened((cy, sy), R))
         err = np.abs(got - R.to_signed(sm.ideal(x, R, mask)))
         assert (err <= sm.error_bound(x, R, mask)).all()
         assert np.abs(got / 2**18 - float_softmax(xf, mask)).max() < 4e-3
         if mask is not None:
             assert (got[..., ~causal] == 0).all()
-        assert meas == want

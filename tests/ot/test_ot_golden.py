@@ -90,7 +90,7 @@ async def _session(ch: Channel) -> tuple[list, dict[str, str]]:
     else:
         await base.recv(rch.fork("base"), r[:16], _seed("base-r"), "golden")
     cut("base_ot")
-    pool = await OTPool.setup(rch, _seed(ch.role))
+    pool = await OTPool.setup(rch, _seed(ch.role), source="iknp")  # pins IKNP's wire
     cut("setup")
     if client:
         await pool.cot_send(1000)

@@ -3,7 +3,7 @@ import pytest
 
 from secmoe.crypto.ring import Ring
 from secmoe.protocols import boolean, compare, select
-from tests.protocols.helpers import mine, opened, opened_bits, run_parties, split
+from tests.protocols.helpers import SOURCES, mine, opened, opened_bits, run_parties, split
 
 R64 = Ring(64, 18)
 
@@ -15,8 +15,19 @@ def edge_values(bits: int) -> np.ndarray:
     )
 
 
-@pytest.mark.parametrize(("bits", "m"), [(64, 4), (63, 4), (20, 3), (9, 2), (5, 4)])
-async def test_millionaires_gt_and_eq(bits, m):
+@pytest.mark.parametrize(
+    ("bits", "m", "source"),
+    [
+        (64, 4, "iknp"),
+        (64, 4, "silent"),
+        (63, 4, "iknp"),
+        (20, 3, "iknp"),
+        (9, 2, "iknp"),
+        (9, 2, "silent"),
+        (5, 4, "iknp"),
+    ],
+)
+async def test_millionaires_gt_and_eq(bits, m, source):
     rng = np.random.default_rng(bits)
     n = 200
     hi = 2**bits if bits < 64 else 2**64
@@ -31,14 +42,15 @@ async def test_millionaires_gt_and_eq(bits, m):
         mine_v = a if p.role == "client" else b
         return await compare.millionaires(p, mine_v, bits, want_eq=True, m=m)
 
-    (cg, ce), (sg, se) = await run_parties(body)
+    (cg, ce), (sg, se) = await run_parties(body, source=source)
     want_gt, want_eq = compare.ideal_millionaires(a, b, bits)
     np.testing.assert_array_equal(opened_bits((cg, sg)), want_gt)
     np.testing.assert_array_equal(opened_bits((ce, se)), want_eq)
 
 
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("bits", [64, 24])
-async def test_msb_drelu_relu_on_edges(bits):
+async def test_msb_drelu_relu_on_edges(bits, source):
     rng = np.random.default_rng(9)
     v = np.concatenate([edge_values(bits), rng.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), 300)])
     x = R64.from_signed(v)
@@ -52,12 +64,13 @@ async def test_msb_drelu_relu_on_edges(bits):
         r = await compare.relu(p.fork("relu"), mine(p, xs), bits)
         return m, r
 
-    (cm, cr), (sm, sr) = await run_parties(body)
+    (cm, cr), (sm, sr) = await run_parties(body, source=source)
     np.testing.assert_array_equal(opened_bits((cm, sm)), v < 0)
     np.testing.assert_array_equal(R64.to_signed(opened((cr, sr), R64)), np.maximum(v, 0))
 
 
-async def test_less_than_greater_than_public_equal():
+@pytest.mark.parametrize("source", SOURCES)
+async def test_less_than_greater_than_public_equal(source):
     rng = np.random.default_rng(5)
     a = rng.integers(-(2**40), 2**40, 200)
     b = np.where(rng.random(200) < 0.3, a, rng.integers(-(2**40), 2**40, 200))
@@ -72,7 +85,7 @@ async def test_less_than_greater_than_public_equal():
         eq42 = await compare.equal(p.fork("eq42"), mine(p, xa), mine(p, xb), bits=42)
         return lt, gt, eq, eq42
 
-    c_out, s_out = await run_parties(body)
+    c_out, s_out = await run_parties(body, source=source)
     lt, gt, eq, eq42 = (opened_bits((x, y)) for x, y in zip(c_out, s_out, strict=True))
     np.testing.assert_array_equal(lt, a < b)
     np.testing.assert_array_equal(gt, a > 3)
@@ -80,8 +93,11 @@ async def test_less_than_greater_than_public_equal():
     np.testing.assert_array_equal(eq42, a == b)
 
 
-@pytest.mark.parametrize(("n_exp", "k"), [(2, 1), (5, 2), (8, 2), (7, 3)])
-async def test_topk_and_argmax_with_ties(n_exp, k):
+@pytest.mark.parametrize(
+    ("n_exp", "k", "source"),
+    [(2, 1, "iknp"), (5, 2, "iknp"), (8, 2, "iknp"), (8, 2, "silent"), (7, 3, "iknp")],
+)
+async def test_topk_and_argmax_with_ties(n_exp, k, source):
     rng = np.random.default_rng(n_exp)
     t = 12
     v = rng.integers(-5, 5, (t, n_exp))  # small range: many ties
@@ -93,20 +109,21 @@ async def test_topk_and_argmax_with_ties(n_exp, k):
     async def body(p):
         return await select.topk(p, mine(p, xs), k, bits=32)
 
-    (cv, ch), (sv, sh) = await run_parties(body)
+    (cv, ch), (sv, sh) = await run_parties(body, source=source)
     want_v, want_h = select.ideal_topk(x, k, R64)
     np.testing.assert_array_equal(opened((cv, sv), R64), want_v)
     np.testing.assert_array_equal(opened((ch, sh), R64), want_h)
 
 
-async def test_onehot_of_shared_index():
+@pytest.mark.parametrize("source", SOURCES)
+async def test_onehot_of_shared_index(source):
     idx = np.array([0, 3, 7, 5, 0, 1], dtype=np.uint64)
     xs = split(idx, R64)
 
     async def body(p):
         return await select.onehot(p, mine(p, xs), 8, bits=8)
 
-    got = opened(await run_parties(body), R64)
+    got = opened(await run_parties(body, source=source), R64)
     np.testing.assert_array_equal(got, (idx[:, None] == np.arange(8)).astype(np.uint64))
 
 

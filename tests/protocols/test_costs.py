@@ -5,21 +5,24 @@ import pytest
 
 from secmoe.crypto.ring import Ring
 from secmoe.protocols import arith, boolean, compare
-from tests.protocols.helpers import mine, run_parties, split
+from secmoe.protocols.cost import Cost
+from tests.protocols.helpers import SOURCES, mine, run_parties, split
 
 R64, R32 = Ring(64, 18), Ring(32, 10)
 
 
-def measured(fn, declare, exact_rounds, ring=R64):
-    """Run ``fn(p)`` after setup and check the channel's figures against ``declare(pool)``."""
+def measured(fn, declare, exact_rounds, source, ring=R64):
+    """Run ``fn(p)`` after setup and check the channel's figures against ``declare(pool)``
+    plus the pool's declared stream refills (GGM batches of the silent source; IKNP: none)."""
 
     async def body(p):
-        snap = p.ch.stats.snapshot()
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
         await fn(p)
-        declare(p.ot).check(p.ch.stats.since(snap), exact_rounds)
+        refills = Cost(**p.ot.refill_cost(mark))
+        (declare(p.ot) + refills).check(p.ch.stats.since(snap), exact_rounds)
         return True
 
-    return run_parties(body, ring)
+    return run_parties(body, ring, source=source)
 
 
 N = 77
@@ -81,5 +84,6 @@ B = (np.arange(N) % 3 == 0, np.arange(N) % 2 == 0)
         ),
     ],
 )
-async def test_measured_equals_declared(name, fn, declare, exact):
-    assert await measured(fn, declare, exact) == (True, True)
+@pytest.mark.parametrize("source", SOURCES)
+async def test_measured_equals_declared(name, fn, declare, exact, source):
+    assert await measured(fn, declare, exact, source) == (True, True)

@@ -7,5 +7,7 @@ Protocols use :class:`secmoe.protocols.ot.pool.OTPool` (its docstring lists the 
 - :mod:`.iknp`: IKNP correlated OT with a global Δ (a COT source), and the random,
   chosen-message and additive OTs derived from any COT source by hashing.
 - :mod:`.kkot`: 1-out-of-N OT (N ≤ 256) from ⌈log2 N⌉ COTs per transfer.
+- :mod:`.ferret` (with :mod:`.ggm`, :mod:`.lpn`): Ferret silent OT, a COT source at ~0.06 B
+  per COT; :mod:`.silent`: its pool source (one stream per direction shared by all forks).
 - :mod:`.pool`: the per-session pool (setup, forks, every OT kind, declared costs, benches).
 """

@@ -1,18 +1,18 @@
 """The per-session OT pool: every OT a protocol needs, in either direction.
 
 An :class:`OTPool` holds the two COT instances of a session (SCI's straight and reversed): one
-in which this party is the COT sender, one in which it is the receiver. The base OTs run once,
+in which this party is the COT sender, one in which it is the receiver. They are set up once,
 in :meth:`OTPool.setup`, under the channel phase ``"setup"``; nothing is set up lazily.
-:meth:`OTPool.fork` gives an independent pool on a forked channel (derived seeds, no
-communication) for concurrent sub-protocols. One pool serves one operation at a time: running
-two operations concurrently on the same pool raises (fork instead).
+:meth:`OTPool.fork` gives a pool on a forked channel (no communication) for concurrent
+sub-protocols. One pool serves one operation at a time: running two operations concurrently
+on the same pool raises (fork instead).
 
 API (SPMD callers know their role; the sender's and the receiver's calls pair up)::
 
-    pool = await OTPool.setup(ch, prg)          # both parties; base OTs both ways, in parallel
+    pool = await OTPool.setup(ch, prg)          # both parties; both directions, in parallel
     sub = pool.fork("expert3")                   # both parties, same name: independent pool
 
-    # correlated OT with a global Δ (raw COT, 16 B/OT with IKNP): t = q ⊕ r·Δ
+    # correlated OT with a global Δ (raw COT): t = q ⊕ r·Δ
     q = await pool.cot_send(n)                   # (n, 2) uint64 blocks; pool.delta: (2,) uint64
     t = await pool.cot_recv(r)                   # r: (n,) bool
     r, t = await pool.cot_recv_random(n)         # sender: pool.cot_send(n, random_choices=True)
@@ -34,13 +34,54 @@ API (SPMD callers know their role; the sender's and the receiver's calls pair up
     mx = await pool.kkot_recv(x, N, bits)        # x: (n,) in [0, N)
 
 Every method has a declared cost, :meth:`OTPool.cost`, checked against the channel's
-measured bytes and rounds in ``tests/ot/test_ot.py``. Messages are uint64 arrays whose values
-are taken mod 2^bits (1 ≤ bits ≤ 64).
+measured bytes and rounds in ``tests/ot/test_ot.py`` and ``tests/ot_silent``. Messages are
+uint64 arrays whose values are taken mod 2^bits (1 ≤ bits ≤ 64).
 
-COT sources: ``SOURCES`` maps a name to the pair of classes (sender, receiver) that
+**COT sources.** ``SOURCES`` maps a name to the pair of classes (sender, receiver) that
 implement :class:`~secmoe.protocols.ot.base.CotSender` / ``CotReceiver`` with an async
-``setup(ch, prg, label)`` classmethod. ``"iknp"`` is the only one now; a silent-OT source
-(Ferret, issue 4) registers here and every derived OT above works on it unchanged.
+``setup(ch, prg, label)`` classmethod; every derived OT above runs on either unchanged.
+
+- ``"iknp"`` (:mod:`.iknp`): 128 base OTs per direction (8.3 KB for the session), then 16 B per
+  COT (the receiver's u). A fork derives fresh IKNP instances (no communication).
+- ``"silent"`` (:mod:`.silent` over :mod:`.ferret`, B13 parameters): per direction, base OTs,
+  74,036 IKNP COTs and the whole ``pre`` iteration in the setup (2,948,776 B for the session,
+  4 rounds), then one Ferret stream per direction that every fork draws from (sender-announced
+  allocation: 18 B per draw; with chosen choice bits 1 bit per COT; GGM batches: 27,653 B per
+  2^19 rows, 0.055 B per COT). A random-choice draw is one flight like IKNP's; a chosen-choice
+  draw is two (the receiver learns its range before sending d), so chosen-message, additive
+  and 1-of-N OTs take 3 flights instead of 2. The batches are declared per stretch of work by
+  :meth:`OTPool.refill_cost`, not per operation (see :mod:`.silent` for why).
+
+**The default is ``"silent"``, by measurement** (``secmoe bench OP … --source S --json``, both
+parties in one process on this 2-core machine, shared with other jobs; 2026-11; min of 3
+alternating runs; bytes are exact, times noisy):
+
+=====================================  ================  =================  ============
+operation (2^16 elements, 64 bits)     IKNP B/elt        silent B/elt       time IKNP/silent
+=====================================  ================  =================  ============
+COTs, n = 10^7                         16.00 B/COT       0.055 B/COT        1.2 s / 2.5 s
+comparison (x < y)                     2,031             94                 1.9 s / 3.8 s
+ReLU                                   2,079             110                2.0 s / 3.6 s
+multiplication                         3,072             1,048              2.0 s / 4.4 s
+truncation, B2A                        24                8.1                0.03 s / 0.02 s
+MUX                                    48                16.3               0.06 s / 0.04 s
+argmax of 8 (4,096 rows)               15,702            1,170              1.6 s / 1.6 s
+=====================================  ================  =================  ============
+
+Silent sends 3–19× fewer bytes per operation; its setup costs 2.94 MB more (and ~0.3 s), which
+IKNP's 16 B per COT repays after ≈ 9.2·10^4 COTs per direction (≈ 1.8·10^5 if one direction
+only): ~1,500 ReLUs, ~1,500 64-bit products or ~200 argmax rows. Its Ferret compute (GGM
+expansion, LPN encoding, in numpy) costs ~2× IKNP's per COT, so with both parties sharing 2
+cores a large COT-heavy operation runs up to 2× slower before the network is counted (IKNP's
+extra bytes cost more than that below ~0.4–0.6 Gbit/s for ReLU and products at 2^16). Small
+operations are the other way round: a silent fork is free and a small draw is served from rows
+already made (an 18-byte announcement), while an IKNP fork derives 128–256 seeds and PRGs and
+each draw expands all 128 columns: 200 sequential ReLUs of 64 elements take 18.7 s with IKNP,
+1.5 s silent. A whole private inference, full of small operations, is faster too: the
+bundled digits model, one sample (``secmoe demo --samples 1``), IKNP / silent: 16.0 s / 9.1 s
+online, 40.9 MB / 33.7 MB online (plus 2.9 MB more setup), 471 / 659 rounds (the extra flight
+of each chosen-choice draw: +0.4 s at 4 ms RTT). Choose ``source="iknp"`` for sessions below
+the crossover or when rounds dominate (long RTT, few elements per layer).
 """
 
 from __future__ import annotations
@@ -48,16 +89,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from secmoe.crypto.prg import PRG
 from secmoe.net import Channel
-from secmoe.protocols.ot import base, iknp, kkot
+from secmoe.protocols.ot import base, ferret, iknp, kkot, silent
 from secmoe.protocols.ot.base import Cost, CotReceiver, CotSender
 
-SOURCES: dict[str, tuple[Any, Any]] = {"iknp": (iknp.IknpSender, iknp.IknpReceiver)}
+SOURCES: dict[str, tuple[Any, Any]] = {
+    "iknp": (iknp.IknpSender, iknp.IknpReceiver),
+    "silent": (silent.SilentSender, silent.SilentReceiver),
+}
+#: The default COT source (see the module docstring for the measurement behind it).
+DEFAULT_SOURCE = "silent"
 
 
 def _instance_label(sender_role: str) -> str:
@@ -75,9 +122,15 @@ class OTPool:
 
     @classmethod
     async def setup(
-        cls, ch: Channel, prg: PRG, *, source: str = "iknp", phase: str | None = "setup"
+        cls,
+        ch: Channel,
+        prg: PRG,
+        *,
+        source: str = DEFAULT_SOURCE,
+        phase: str | None = "setup",
     ) -> OTPool:
-        """Run the base OTs of both instances concurrently (on two forks of ``ch``).
+        """Set up both COT instances concurrently (on two forks of ``ch``): IKNP's base OTs,
+        or Ferret's (base OTs, IKNP bootstrap, the whole ``pre`` iteration).
 
         Args:
             ch: this party's channel; the pool's operations run on it.
@@ -100,13 +153,32 @@ class OTPool:
         return cls(ch, sender, receiver)
 
     @staticmethod
-    def setup_cost(source: str = "iknp") -> dict[str, int]:
+    def setup_cost(source: str = DEFAULT_SOURCE) -> dict[str, int]:
         """Declared cost of :meth:`setup` (both instances: bytes each way, messages, rounds)."""
-        if source != "iknp":
+        if source == "iknp":
+            one = base.cost(iknp.KAPPA)
+            rounds = 2
+        elif source == "silent":
+            one = silent.setup_cost(ferret.B13)
+            rounds = one.rounds
+        else:
             raise ValueError(f"no setup cost declared for {source!r}")
-        one = base.cost(iknp.KAPPA)
+        # Each party is the sender of one instance and the receiver of the other.
         total = one.sender_bytes + one.receiver_bytes
-        return {"bytes_c2s": total, "bytes_s2c": total, "messages": 2 * one.messages, "rounds": 2}
+        return {
+            "bytes_c2s": total,
+            "bytes_s2c": total,
+            "messages": 2 * one.messages,
+            "rounds": rounds,
+        }
+
+    @property
+    def source(self) -> str:
+        """The name of this pool's COT source (a key of ``SOURCES``)."""
+        for name, (sender_cls, _) in SOURCES.items():
+            if isinstance(self.sender, sender_cls):
+                return name
+        return type(self.sender).__name__
 
     def fork(self, name: str) -> OTPool:
         """An independent pool on ``ch.fork(name)`` with derived COT instances."""
@@ -209,16 +281,27 @@ class OTPool:
 
     # -- declared costs ----------------------------------------------------------------------
     def cost(
-        self, kind: str, n: int, bits: int = 1, k: int | None = None, n_choices: int = 2
+        self,
+        kind: str,
+        n: int,
+        bits: int = 1,
+        k: int | None = None,
+        n_choices: int = 2,
+        *,
+        random_choices: bool = False,
     ) -> Cost:
         """Declared cost of one operation: kind ∈ {cot, rot, ot, acot, kkot}.
 
-        Computed from this party's sender instance; both instances of a source cost the same.
-        Use ``.directed(sender_role)`` for channel terms (``bytes_c2s``, ``bytes_s2c``, …).
+        ``random_choices`` (cot, rot): the receiver takes random choice bits
+        (``cot_recv_random``, ``rot_recv_random``); with the silent source that saves the
+        receiver's d message. Computed from this party's sender instance; both instances of a
+        source cost the same. Use ``.directed(sender_role)`` for channel terms (``bytes_c2s``,
+        ``bytes_s2c``, …). With the silent source, the shared streams' GGM batches are not in
+        it: see :meth:`refill_cost`.
         """
         src = self.sender
         if kind in ("cot", "rot"):
-            return src.cost(n)
+            return src.cost(n, random_choices=random_choices)
         if kind == "ot":
             return iknp.cost_ot(src, n, bits, k)
         if kind == "acot":
@@ -226,6 +309,46 @@ class OTPool:
         if kind == "kkot":
             return kkot.cost(src, n, n_choices, bits)
         raise ValueError(f"unknown OT kind {kind!r}")
+
+    def _streams(self) -> list[silent.Stream]:
+        out = []
+        for inst in (self.sender, self.receiver):
+            if isinstance(inst, silent.SilentSender | silent.SilentReceiver):
+                out.append(inst.stream)
+        return out
+
+    def mark(self) -> PoolMark:
+        """The state of the session's COT streams now, for :meth:`refill_cost` (taken between
+        operations; keep it short-lived)."""
+        return PoolMark(tuple(s.mark() for s in self._streams()))
+
+    def refill_cost(self, since: PoolMark) -> dict[str, int]:
+        """Declared cost of the streams' own traffic since ``since``, in channel terms
+        (``bytes_c2s``, ``bytes_s2c``, ``messages``, ``rounds`` = 0).
+
+        With the silent source: the GGM batches both directions' streams sent since the mark,
+        a function of how far each stream advanced (exact; see :mod:`.silent`). Add it to the
+        declared costs of the operations run since the mark to get the channel's figures.
+        IKNP has none (every u message belongs to its draw): all zeros.
+        """
+        out = {"bytes_c2s": 0, "bytes_s2c": 0, "messages": 0, "rounds": 0}
+        for st, m in zip(self._streams(), since.streams, strict=True):
+            sender_role = self.ch.role if st.is_sender else _peer(self.ch.role)
+            d = st.refill_cost(m).directed(sender_role)
+            for key in ("bytes_c2s", "bytes_s2c", "messages"):
+                out[key] += d[key]
+        return out
+
+
+@dataclass(frozen=True)
+class PoolMark:
+    """The state of a pool's COT streams at one instant (:meth:`OTPool.mark`)."""
+
+    streams: tuple[silent.StreamMark, ...]
+
+
+def _peer(role: str) -> str:
+    return "server" if role == "client" else "client"
 
 
 async def _collect(chunks: AsyncIterator[tuple[int, np.ndarray]], n: int) -> np.ndarray:
