@@ -57,11 +57,11 @@ def _warn_insecure(strategy: str) -> None:
 
 
 def layer_table(stats: Stats) -> dict[str, dict[str, int]]:
-    """Bytes and messages per top-level path, with each path's OT traffic (``ot/…``) folded in."""
+    """Bytes and messages per top-level path (each fork's OT traffic is inside it; ``ot`` is
+    the session's shared silent-OT streams)."""
     rows: dict[str, dict[str, int]] = {}
     for path, c in stats.by_path(phase="online").items():
-        parts = path.split("/")
-        key = parts[1] if parts[0] == "ot" and len(parts) > 1 else parts[0] or "(root)"
+        key = path.split("/")[0] or "(root)"
         row = rows.setdefault(key, {"bytes_c2s": 0, "bytes_s2c": 0, "messages": 0})
         row["bytes_c2s"] += c.bytes_c2s
         row["bytes_s2c"] += c.bytes_s2c

@@ -42,8 +42,8 @@ class Party:
     ) -> Party:
         """A party with its OT pool set up (both directions, in the ``setup`` phase).
 
-        The pool runs on the channel's ``ot`` fork, so OT traffic is accounted under ``ot/…``
-        and never shares a FIFO with protocol messages.
+        The pool runs on the channel's ``ot`` fork (and each fork's on its own ``…/ot``), so
+        OT traffic never shares a FIFO with protocol messages.
 
         Args:
             ch: this party's end of the session.
@@ -62,9 +62,14 @@ class Party:
         return self.ch.role
 
     def fork(self, name: str) -> Party:
-        """The context for a concurrent sub-protocol named ``name``."""
-        ot = self.ot.fork(name) if self.ot is not None else None
-        return replace(self, ch=self.ch.fork(name), prg=self.prg.derive(name), ot=ot)
+        """The context for a concurrent sub-protocol named ``name``.
+
+        Its OT traffic runs on ``…/name/ot``, inside the fork's own channel tree, so the
+        round depths of OT messages follow the protocol and the bytes are attributed to it.
+        """
+        ch = self.ch.fork(name)
+        ot = self.ot.fork(name, ch.fork("ot")) if self.ot is not None else None
+        return replace(self, ch=ch, prg=self.prg.derive(name), ot=ot)
 
     def with_ring(self, ring: Ring) -> Party:
         """The same party computing on another ring (e.g. fewer bits for a comparison)."""

@@ -118,3 +118,18 @@ async def test_div_public(d):
     got = R64.to_signed(opened(await run_parties(body), R64))
     want = R64.to_signed(arith.ideal_div_public(R64.from_signed(x), d, R64))
     assert set((got - want).tolist()) <= {-1, 0, 1}
+
+
+async def test_forking_a_name_twice_never_replays_ots():
+    # The same protocol twice on the same party forks the same names: its COTs must differ.
+    x = split(R64.from_signed(np.arange(64)), R64)
+    y = split(R64.from_signed(np.arange(64) * 3), R64)
+
+    async def body(p):
+        first = await arith.mul(p, mine(p, x), mine(p, y))
+        second = await arith.mul(p, mine(p, x), mine(p, y))
+        return first, second
+
+    (c1, c2), (s1, s2) = await run_parties(body, source="iknp")
+    np.testing.assert_array_equal(opened((c1, s1), R64), opened((c2, s2), R64))
+    assert not np.array_equal(c1, c2)  # same product, fresh randomness

@@ -119,6 +119,7 @@ class OTPool:
         self.sender = sender
         self.receiver = receiver
         self._busy = False
+        self._forked: dict[str, int] = {}
 
     @classmethod
     async def setup(
@@ -180,9 +181,21 @@ class OTPool:
                 return name
         return type(self.sender).__name__
 
-    def fork(self, name: str) -> OTPool:
-        """An independent pool on ``ch.fork(name)`` with derived COT instances."""
-        return OTPool(self.ch.fork(name), self.sender.fork(name), self.receiver.fork(name))
+    def fork(self, name: str, ch: Channel | None = None) -> OTPool:
+        """An independent pool with derived COT instances, on ``ch`` (default
+        ``self.ch.fork(name)``).
+
+        Forking the same name twice from one pool never yields the same COTs: the k-th repeat
+        derives its instances under ``name~k`` (both parties fork in the same program order).
+        """
+        k = self._forked.get(name, 0)
+        self._forked[name] = k + 1
+        label = name if k == 0 else f"{name}~{k}"
+        return OTPool(
+            self.ch.fork(name) if ch is None else ch,
+            self.sender.fork(label),
+            self.receiver.fork(label),
+        )
 
     @property
     def delta(self) -> np.ndarray:
