@@ -12,6 +12,8 @@ Profiles:
 - ``t8``: Switch-Base dimensions (d = 768, d_ff = 3072, ReLU), T = 8 (the paper's setting),
   top-1, E = 8, 16, 32, 64, every strategy.
 - ``target``: d = 256, d_ff = 1024, T = 128, E = 64, cf = 1.25: issue 10's comparison.
+- ``target-per-token``: ``select`` and ``all`` at the target's dimensions on 16 tokens (at
+  T = 128 they would run for well over 30 minutes here), reported per token and labelled so.
 - ``t128``: Switch-Base dimensions with T = 128 for ``dispatch`` and ``reveal`` (``select``
   and ``all`` would run for hours here: use ``t128-per-token``).
 - ``t128-per-token``: ``select`` and ``all`` on 8 tokens at E = 8..64, reported per token and
@@ -47,6 +49,19 @@ def profile(name: str) -> list[dict]:
         return [
             {**BASE, "d_model": 256, "d_ff": 1024, "tokens": 128, "experts": 64, "strategy": s}
             for s in STRATEGIES
+        ]
+    if name == "target-per-token":
+        return [
+            {
+                **BASE,
+                "d_model": 256,
+                "d_ff": 1024,
+                "tokens": 16,
+                "experts": 64,
+                "strategy": s,
+                "per_token": True,
+            }
+            for s in ("select", "all")
         ]
     if name == "t128":
         return [
@@ -175,7 +190,9 @@ def _value(r: dict, metric: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", choices=("t8", "target", "t128", "t128-per-token"))
+    ap.add_argument(
+        "--profile", choices=("t8", "target", "target-per-token", "t128", "t128-per-token")
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/moe.jsonl"))
     ap.add_argument("--timeout", type=float, default=3600.0, help="per run (s)")
     ap.add_argument("--plot", type=Path, help="a results file to plot")

@@ -11,15 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from .bench.runner import instrument
 from .model.fixed import run_fixed
 from .model.reference import capacity_of
 from .model.reference import run as run_float
 from .model.secure import RunOptions, moe_spec
 from .model.session import SessionRefused, SessionResult, client_session, serve_session
 from .model.weights import ModelWeights, load_bundled, load_heldout, load_weights
-from .net import Channel, NetError, run_pair
+from .net import NetError, run_pair
 from .net.memory import memory_pair
-from .net.shaping import ShapedLink, profile
 from .net.stats import Stats
 from .net.tcp import TLSConfig, connect, listen, parse_hostport
 from .net.transcript import TranscriptWriter
@@ -67,14 +67,6 @@ def layer_table(stats: Stats) -> dict[str, dict[str, int]]:
         row["bytes_s2c"] += c.bytes_s2c
         row["messages"] += c.messages
     return rows
-
-
-def _prepare(ch: Channel, net: str | None, writer: TranscriptWriter | None) -> Channel:
-    if net:
-        ch.session.link = ShapedLink(ch.session.link, profile(net))
-    if writer is not None:
-        ch.session.recorder = writer
-    return ch
 
 
 def summarize(
@@ -150,8 +142,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     x, labels = x[: args.samples], labels[: args.samples]
     writer = TranscriptWriter(args.transcript) if args.transcript else None
     cch, sch = memory_pair()
-    _prepare(cch, args.net, writer)
-    _prepare(sch, args.net, None)
+    instrument(cch, args.net, writer)
+    instrument(sch, args.net, None)
 
     def progress(msg: str) -> None:
         if not args.json:
@@ -234,7 +226,7 @@ async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, A
         timeout=args.timeout,
     )
     writer = TranscriptWriter(args.transcript) if args.transcript else None
-    _prepare(ch, None, writer)
+    instrument(ch, None, writer)
     try:
         res = await client_session(ch, x, options=options_from_args(args))
     finally:

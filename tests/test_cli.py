@@ -212,3 +212,14 @@ def test_bench_matmul_modes_are_exact(mode):
 def test_bench_matmul_bad_shape_is_one_line():
     out = run("bench", "matmul", "--shape", "8x768")
     assert out.returncode == 1 and "TxDxH" in out.stderr
+
+
+def test_bench_ot_silent_setup_matches_declared():
+    from secmoe.protocols.ot.pool import OTPool
+
+    out = run("bench", "ot", "--kind", "cot", "--n", "1000", "--source", "silent", "--json")
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    declared = OTPool.setup_cost("silent")
+    assert res["setup_bytes"] == declared["bytes_c2s"] + declared["bytes_s2c"]
+    assert res["bytes_per_item"] < 1  # the setup made the rows: the draw costs its announcement

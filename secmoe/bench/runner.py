@@ -72,9 +72,10 @@ async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[
     }
 
 
-def _prepare(ch: Channel, args: argparse.Namespace, writer: TranscriptWriter | None) -> Channel:
-    if args.net:
-        ch.session.link = ShapedLink(ch.session.link, profile(args.net))
+def instrument(ch: Channel, net: str | None, writer: TranscriptWriter | None) -> Channel:
+    """Shape ``ch``'s link with the ``net`` profile and record it to ``writer`` (if given)."""
+    if net:
+        ch.session.link = ShapedLink(ch.session.link, profile(net))
     if writer is not None:
         ch.session.recorder = writer
     return ch
@@ -98,8 +99,8 @@ async def run_bench(op: BenchOp, args: argparse.Namespace) -> dict[str, Any]:
     try:
         if args.party is None:
             result, _ = await run_local(
-                lambda ch: run_party(_prepare(ch, args, writer), op, args),
-                lambda ch: run_party(_prepare(ch, args, writer), op, args),
+                lambda ch: run_party(instrument(ch, args.net, writer), op, args),
+                lambda ch: run_party(instrument(ch, args.net, writer), op, args),
                 timeout=args.timeout,
             )
             return result
@@ -125,7 +126,7 @@ async def run_bench(op: BenchOp, args: argparse.Namespace) -> dict[str, Any]:
                 timeout=args.timeout,
             )
         try:
-            return await run_party(_prepare(ch, args, writer), op, args)
+            return await run_party(instrument(ch, args.net, writer), op, args)
         finally:
             await ch.close()
     finally:

@@ -200,7 +200,8 @@ def moe_forward(
 # --------------------------------------------------------------------------------------------
 
 
-def _batched(cfg: ModelConfig, inputs: np.ndarray) -> tuple[np.ndarray, bool]:
+def batched(cfg: ModelConfig, inputs: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Inputs with a batch axis (and whether one was added); ``ValueError`` if they do not fit."""
     x = np.asarray(inputs)
     single = x.ndim == (1 if cfg.input == "tokens" else 2)
     if single:
@@ -230,7 +231,7 @@ def run(
     """
     cfg = weights.config
     ops = ops or FloatOps()
-    x, single = _batched(cfg, inputs)
+    x, single = batched(cfg, inputs)
     t = x.shape[1]
     if cfg.input == "tokens":
         h = ops.embed(x, weights.embed)

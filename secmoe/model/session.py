@@ -30,6 +30,7 @@ from ..ops.linear import prepare, prepare_select, select_chunk, setup_he
 from ..ops.moe import INSECURE_STRATEGIES
 from ..protocols.party import Party
 from .config import ModelConfig
+from .reference import batched
 from .secure import Progress, RunOptions, moe_spec, secure_forward
 from .weights import ModelWeights, to_tensors
 
@@ -190,15 +191,7 @@ async def client_session(
     with ch.phase("setup"):
         model = await ch.recv(tag="setup/model")
         cfg = ModelConfig.from_json(model["config"])
-        x = np.asarray(inputs)
-        if x.ndim == (1 if cfg.input == "tokens" else 2):
-            x = x[None]
-        expect = 2 if cfg.input == "tokens" else 3
-        if x.ndim != expect or (cfg.input == "patches" and x.shape[-1] != cfg.patch_dim):
-            raise ValueError(
-                f"input of shape {np.shape(inputs)} does not fit model {cfg.name!r} "
-                + ("(token ids (B, T))" if cfg.input == "tokens" else f"((B, T, {cfg.patch_dim}))")
-            )
+        x, _ = batched(cfg, inputs)
         shape = (int(x.shape[0]), int(x.shape[1]))
         request = {
             "strategy": options.strategy,

@@ -88,7 +88,7 @@ async def test_server_refuses_insecure_strategy_unless_allowed():
 
 
 async def test_client_input_of_the_wrong_shape_is_refused_before_any_crypto():
-    with pytest.raises(PartyError, match="does not fit model"):
+    with pytest.raises(PartyError, match="do not fit"):
         await secure_run(np.zeros((1, 8, 5)), RunOptions("all"))
 
 

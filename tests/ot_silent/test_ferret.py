@@ -301,17 +301,6 @@ def test_ideal():
     _check_cot(delta, q, r, t)
 
 
-async def test_bench_runs_both_sources():
-    from secmoe.protocols.ot import silent_bench
-
-    rows = await silent_bench.compare(["silent", "iknp"], [1000], "toy-insecure")
-    silent, ik = rows
-    assert silent["source"] == "silent" and ik["source"] == "iknp"
-    assert silent["bytes_per_ot"] > 0 and ik["bytes_per_ot"] > 16
-    declared = ferret.setup_cost(TOY)
-    assert silent["setup_bytes"] == declared.sender_bytes + declared.receiver_bytes
-
-
 # Golden digest of a deterministic run (dealer base COTs, fixed seeds): pins the GGM PRG, the
 # tree layout, the hash tweaks and the LPN matrix. Update deliberately when any of them change.
 GOLDEN = "e065fdfbbcc8e874111a1353c71715a5901a168d332fb38b8e9eca790e885615"
