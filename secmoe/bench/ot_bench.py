@@ -11,7 +11,7 @@ from typing import Any
 
 from ..crypto.prg import PRG
 from ..net import Channel
-from ..protocols.ot.pool import BENCH_KINDS, SOURCES, OTPool, bench_operation
+from ..protocols.ot.pool import BENCH_KINDS, DEFAULT_SOURCE, SOURCES, OTPool, bench_operation
 from .registry import BenchOp, register
 
 
@@ -20,7 +20,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1_000_000, help="number of OTs (default 10^6)")
     p.add_argument("--bits", type=int, default=1, help="message bits (rot, ot, acot, kkot)")
     p.add_argument("--choices", type=int, default=16, help="N of 1-out-of-N (kkot)")
-    p.add_argument("--source", choices=sorted(SOURCES), default="iknp", help="COT source")
+    p.add_argument("--source", choices=sorted(SOURCES), default=DEFAULT_SOURCE, help="COT source")
     p.add_argument("--sender", choices=("client", "server"), default="client")
 
 

@@ -18,7 +18,7 @@ from ..crypto.prg import PRG
 from ..crypto.ring import Ring
 from ..net import Channel
 from ..protocols import arith, boolean, compare, select
-from ..protocols.ot.pool import SOURCES
+from ..protocols.ot.pool import DEFAULT_SOURCE, SOURCES
 from ..protocols.party import Party
 from ..protocols.shares import reveal, share
 from .registry import BenchOp, register
@@ -51,7 +51,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--experts", type=int, default=8, help="argmax/topk: values per row")
     p.add_argument("--k", type=int, default=2, help="topk: k")
-    p.add_argument("--source", choices=sorted(SOURCES), default="iknp", help="the COT source")
+    p.add_argument("--source", choices=sorted(SOURCES), default=DEFAULT_SOURCE, help="COT source")
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
