@@ -149,7 +149,7 @@ def test_unreachable_server_is_one_line():
     ("args", "check"),
     [
         (
-            ["ot", "--kind", "acot", "--bits", "64", "--n", "1000"],
+            ["ot", "--kind", "acot", "--bits", "64", "--n", "1000", "--source", "iknp"],
             lambda r: r["bytes_per_item"] == pytest.approx(24, abs=0.1),
         ),
         (["relu", "--n", "300", "--bits", "24"], lambda r: r["max_abs_err_ulp"] == 0),
