@@ -182,6 +182,32 @@ def plot(results: Path, png_prefix: str) -> None:
         print(f"wrote {path}")
 
 
+def table(results: Path) -> str:
+    """A markdown table of a results file (per-token rows labelled)."""
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    out = [
+        "| E | T | strategy | MB c2s | MB s2c | MB total | rounds | s | server CPU s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["config"]["experts"], r["config"]["strategy"])):
+        c = r["config"]
+        name = c["strategy"] + (" (INSECURE)" if c["strategy"] == "reveal" else "")
+        if "error" in r:
+            out.append(
+                f"| {c['experts']} | {c['tokens']} | {name} | failed: {r['error'][:60]} | | | | | |"
+            )
+            continue
+        label = " per token" if c.get("per_token") else ""
+        k = c["tokens"] if c.get("per_token") else 1
+        mb = [r["bytes_c2s"] / 1e6 / k, r["bytes_s2c"] / 1e6 / k]
+        out.append(
+            f"| {c['experts']} | {c['tokens']}{label} | {name} | {mb[0]:.1f} | {mb[1]:.1f} | "
+            f"{sum(mb):.1f} | {r['rounds']} | {r['seconds'] / k:.1f} | "
+            f"{r['server_cpu_seconds'] / k:.1f} |"
+        )
+    return "\n".join(out)
+
+
 def _value(r: dict, metric: str) -> float:
     if metric == "bytes":
         return (r["bytes_c2s"] + r["bytes_s2c"]) / 1e6
@@ -197,8 +223,11 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=3600.0, help="per run (s)")
     ap.add_argument("--plot", type=Path, help="a results file to plot")
     ap.add_argument("--png", default="docs/moe", help="output prefix for --plot")
+    ap.add_argument("--table", type=Path, help="print a results file as a markdown table")
     args = ap.parse_args()
-    if args.plot:
+    if args.table:
+        print(table(args.table))
+    elif args.plot:
         plot(args.plot, args.png)
     elif args.profile:
         sweep(profile(args.profile), args.out, args.timeout)
