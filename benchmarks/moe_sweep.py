@@ -172,8 +172,11 @@ def plot(results: Path, png_prefix: str) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("experts E")
         ax.set_ylabel(label)
-        tokens = rows[0]["config"]["tokens"] if rows else "?"
-        ax.set_title(f"secure MoE layer, T = {tokens}")
+        c = rows[0]["config"] if rows else {}
+        ax.set_title(
+            f"secure MoE layer: T = {c.get('tokens')}, d = {c.get('d_model')}, "
+            f"d_ff = {c.get('d_ff')}, {c.get('ffn')}, top-{c.get('top_k')}"
+        )
         ax.grid(True, alpha=0.3)
         ax.legend()
         fig.tight_layout()
