@@ -202,6 +202,7 @@ async def _serve(args: argparse.Namespace, tls: TLSConfig | None) -> int:
             except NetError as exc:
                 print(f"session {served}: rejected a connection: {exc}", file=sys.stderr)
                 continue
+            instrument(ch, args.net, None)
             try:
                 res = await serve_session(ch, weights, allow_insecure=args.allow_insecure_reveal)
                 print(f"session {served}: done in {res.seconds:.2f} s", file=sys.stderr)
@@ -226,7 +227,7 @@ async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, A
         timeout=args.timeout,
     )
     writer = TranscriptWriter(args.transcript) if args.transcript else None
-    instrument(ch, None, writer)
+    instrument(ch, args.net, writer)
     try:
         res = await client_session(ch, x, options=options_from_args(args))
     finally:

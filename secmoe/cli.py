@@ -152,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="accept the INSECURE reveal strategy (it leaks the routing)",
     )
     serve.add_argument("--timeout", type=float, default=600.0, help="per-wait deadline (s)")
+    serve.add_argument("--net", choices=sorted(PROFILES), help="shape what this side sends")
     serve.add_argument(
         "--accept-timeout",
         type=float,
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--strategy", choices=strategies, default="select")
     _add_capacity_args(infer)
     infer.add_argument("--transcript", metavar="FILE")
+    infer.add_argument("--net", choices=sorted(PROFILES), help="shape what this side sends")
     infer.add_argument("--json", action="store_true")
     infer.add_argument("--timeout", type=float, default=600.0, help="per-wait deadline (s)")
     infer.add_argument("--connect-timeout", type=float, default=30.0)
