@@ -53,12 +53,34 @@ def ideal_trunc(x: np.ndarray, ring: Ring, shift: int | None = None) -> np.ndarr
     return ring.from_signed(ring.to_signed(x) >> np.int64(s))
 
 
+#: Elements per COT batch of a product: ℓ COTs (16 B each while in flight) and their inputs per
+#: element are held at once, so a batch of 2^16 64-bit products holds ~70 MB per party; larger
+#: tensors go in consecutive batches (one more round each) instead of one unbounded batch.
+MUL_CHUNK = 1 << 16
+
+
+def _chunks(n: int) -> list[int]:
+    return [min(MUL_CHUNK, n - start) for start in range(0, n, MUL_CHUNK)]
+
+
 async def _cross(p: Party, sender: str, mine: np.ndarray) -> np.ndarray:
     """Shares of x_sender · y_receiver (this party's input ``mine``), by ℓ COTs per element.
 
     The receiver chooses with the bits of its y; the sender's correlation for bit i is x·2^i.
-    The receiver gets Σ_i (r_i + y_i·x·2^i) = R + x·y; the sender keeps −R.
+    The receiver gets Σ_i (r_i + y_i·x·2^i) = R + x·y; the sender keeps −R. Consecutive
+    batches of :data:`MUL_CHUNK` elements bound the memory.
     """
+    flat = mine.reshape(-1)
+    out = np.empty(flat.size, dtype=np.uint64)
+    start = 0
+    for size in _chunks(flat.size):
+        out[start : start + size] = await _cross_batch(p, sender, flat[start : start + size])
+        start += size
+    return out.reshape(mine.shape)
+
+
+async def _cross_batch(p: Party, sender: str, mine: np.ndarray) -> np.ndarray:
+    """One batch of :func:`_cross` (1-D input)."""
     ring = p.ring
     if p.role == sender:
         r = await p.ot.acot_send(step_powers(mine, ring).reshape(-1), ring.bits)
@@ -92,16 +114,21 @@ async def square(p: Party, x: np.ndarray) -> np.ndarray:
     return ring.reduce(x * x + np.uint64(2) * t)
 
 
+def _cross_cost(pool: OTPool, c: int, ring: Ring, sender: str) -> Cost:
+    return Cost.of_ot(pool.cost("acot", c * ring.bits, ring.bits), sender)
+
+
 def cost_square(pool: OTPool, n: int, ring: Ring) -> Cost:
-    """Declared cost of :func:`square`: n·ℓ additive COTs of ℓ bits, client as sender."""
-    return Cost.of_ot(pool.cost("acot", n * ring.bits, ring.bits), CLIENT)
+    """Declared cost of :func:`square`: n·ℓ additive COTs of ℓ bits, client as sender, in
+    batches of :data:`MUL_CHUNK` elements."""
+    return sum((_cross_cost(pool, c, ring, CLIENT) for c in _chunks(n)), Cost())
 
 
 def cost_mul(pool: OTPool, n: int, ring: Ring) -> Cost:
-    """Declared cost of :func:`mul`: two :func:`square`-sized batches, one each way."""
-    return cost_square(pool, n, ring) | Cost.of_ot(
-        pool.cost("acot", n * ring.bits, ring.bits), SERVER
-    )
+    """Declared cost of :func:`mul`: a :func:`square`-sized cross product each way,
+    concurrently."""
+    other = sum((_cross_cost(pool, c, ring, SERVER) for c in _chunks(n)), Cost())
+    return cost_square(pool, n, ring) | other
 
 
 def cost_trunc(pool: OTPool, n: int, ring: Ring) -> Cost:

@@ -6,7 +6,7 @@ import pytest
 from secmoe.crypto.ring import Ring
 from secmoe.protocols import arith, boolean, compare
 from secmoe.protocols.cost import Cost
-from tests.protocols.helpers import SOURCES, mine, run_parties, split
+from tests.protocols.helpers import SOURCES, mine, opened, run_parties, split
 
 R64, R32 = Ring(64, 18), Ring(32, 10)
 
@@ -87,3 +87,16 @@ B = (np.arange(N) % 3 == 0, np.arange(N) % 2 == 0)
 @pytest.mark.parametrize("source", SOURCES)
 async def test_measured_equals_declared(name, fn, declare, exact, source):
     assert await measured(fn, declare, exact, source) == (True, True)
+
+
+async def test_large_products_go_in_bounded_batches(monkeypatch):
+    monkeypatch.setattr(arith, "MUL_CHUNK", 32)  # 77 elements: batches of 32, 32, 13
+    want = R64.reduce(R64.reduce(X[0] + X[1]) ** np.uint64(2))
+
+    async def body(p):
+        snap = p.ch.stats.snapshot()
+        y = await arith.mul(p, mine(p, X), mine(p, X))
+        arith.cost_mul(p.ot, N, R64).check(p.ch.stats.since(snap), exact_rounds=False)
+        return y
+
+    np.testing.assert_array_equal(opened(await run_parties(body, source="iknp"), R64), want)
