@@ -194,7 +194,7 @@ def init_random(config: ModelConfig, seed: int = 0) -> ModelWeights:
     """
     # numpy's generator is fine here: model weights are the server's plaintext, not 2PC
     # secrets (secrets only ever come from secmoe.crypto.prg).
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # not secret: the server's plaintext weights
     c = config
 
     def fill(key: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -185,6 +185,19 @@ def batch_plan(lp: LpnParams, reserve: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
+async def derandomize(
+    ch: Channel, random_iter: AsyncIterator[tuple[int, np.ndarray, np.ndarray]], cb: np.ndarray
+) -> AsyncIterator[tuple[int, np.ndarray]]:
+    """Chosen-choice COTs from random ones: per chunk, send d = r ⊕ c (1 bit per OT) and yield
+    ``(index0, t)``; the sender fixes q ⊕= d·Δ."""
+    off = 0
+    async for index0, r, t in random_iter:
+        d = r ^ cb[off : off + r.size]
+        await ch.send(np.packbits(d, bitorder="little").tobytes(), tag=TAG_D)
+        off += r.size
+        yield index0, t
+
+
 class FerretCOT:
     """One party's end of a Ferret instance (the shared machinery of both sides).
 
@@ -509,12 +522,8 @@ class FerretReceiver(FerretCOT):
     ) -> AsyncIterator[tuple[int, np.ndarray]]:
         """Yield ``(index0, t)`` per chunk for the chosen bits c: sends d = r ⊕ c (1 bit/OT)."""
         cb = np.asarray(choices, dtype=bool).reshape(-1)
-        off = 0
-        async for index0, r, t in self.recv_random_iter(ch, cb.size, align=align):
-            d = r ^ cb[off : off + r.size]
-            await ch.send(np.packbits(d, bitorder="little").tobytes(), tag=TAG_D)
-            off += r.size
-            yield index0, t
+        async for item in derandomize(ch, self.recv_random_iter(ch, cb.size, align=align), cb):
+            yield item
 
     async def extend(self, ch: Channel, n: int) -> tuple[np.ndarray, np.ndarray]:
         """The next n COTs: ``(r, t)``, r ``(n,)`` bool, t ``(n, 2)`` uint64."""

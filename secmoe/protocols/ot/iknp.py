@@ -418,15 +418,23 @@ async def ot_send(ch: Channel, src: CotSender, m0: np.ndarray, m1: np.ndarray, b
         await ch.send(y, tag=TAG_Y)
 
 
+async def _recv_pads(
+    ch: Channel, src: CotReceiver, r: np.ndarray, kk: int, bits: int
+) -> list[tuple[int, np.ndarray]]:
+    """The receiver's COTs for choices r, hashed to pads H(j, t_j): (chunk size, pads) each."""
+    chunks: list[tuple[int, np.ndarray]] = []
+    async for j0, t in src.recv_iter(ch, r):
+        chunks.append((t.shape[0], await asyncio.to_thread(pads, t, j0, src.domain, kk, bits)))
+    return chunks
+
+
 async def ot_recv(
     ch: Channel, src: CotReceiver, choices: np.ndarray, bits: int, k: int | None = None
 ) -> np.ndarray:
     """Chosen-message OT, receiver: returns m_{r_j}, shape (n,) or (n, k)."""
     r = np.asarray(choices, dtype=bool).reshape(-1)
     kk = _width(k)
-    chunks: list[tuple[int, np.ndarray]] = []
-    async for j0, t in src.recv_iter(ch, r):
-        chunks.append((t.shape[0], await asyncio.to_thread(pads, t, j0, src.domain, kk, bits)))
+    chunks = await _recv_pads(ch, src, r, kk, bits)
     out = np.empty((r.size, kk), np.uint64)
     off = 0
     for c, h in chunks:
@@ -470,9 +478,7 @@ async def acot_recv(
     """Additive correlated OT, receiver: returns x + r·c mod 2^bits, shape (n,) or (n, k)."""
     r = np.asarray(choices, dtype=bool).reshape(-1)
     kk = _width(k)
-    chunks: list[tuple[int, np.ndarray]] = []
-    async for j0, t in src.recv_iter(ch, r):
-        chunks.append((t.shape[0], await asyncio.to_thread(pads, t, j0, src.domain, kk, bits)))
+    chunks = await _recv_pads(ch, src, r, kk, bits)
     out = np.empty((r.size, kk), np.uint64)
     off = 0
     for c, h in chunks:

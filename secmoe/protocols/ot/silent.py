@@ -80,7 +80,14 @@ from secmoe.crypto.prg import PRG
 from secmoe.net import Channel, ProtocolError
 from secmoe.protocols.ot import ferret, ggm
 from secmoe.protocols.ot.base import Cost, bin_size
-from secmoe.protocols.ot.ferret import B13, TAG_D, FerretParams, FerretReceiver, FerretSender
+from secmoe.protocols.ot.ferret import (
+    B13,
+    TAG_D,
+    FerretParams,
+    FerretReceiver,
+    FerretSender,
+    derandomize,
+)
 from secmoe.protocols.ot.iknp import chunk_sizes
 
 TAG_ALLOC = "ot/silent/alloc"
@@ -403,9 +410,5 @@ class SilentReceiver:
     ) -> AsyncIterator[tuple[int, np.ndarray]]:
         """Yield ``(index0, t)`` per chunk for the chosen bits c: sends d = r ⊕ c per chunk."""
         cb = np.asarray(choices, dtype=bool).reshape(-1)
-        off = 0
-        async for index0, r, t in self.recv_random_iter(ch, cb.size, align=align):
-            d = r ^ cb[off : off + r.size]
-            await ch.send(np.packbits(d, bitorder="little").tobytes(), tag=TAG_D)
-            off += r.size
-            yield index0, t
+        async for item in derandomize(ch, self.recv_random_iter(ch, cb.size, align=align), cb):
+            yield item
