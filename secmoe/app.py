@@ -139,6 +139,8 @@ def print_summary(s: dict[str, Any]) -> None:
 async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     weights = load_bundled()
     x, labels = load_heldout()
+    if args.samples > len(x):
+        raise ValueError(f"--samples {args.samples}: the held-out split has {len(x)} images")
     x, labels = x[: args.samples], labels[: args.samples]
     writer = TranscriptWriter(args.transcript) if args.transcript else None
     cch, sch = memory_pair()
@@ -150,17 +152,27 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  … {msg}", file=sys.stderr)
 
     options = options_from_args(args)
+    deadline = time.monotonic() + args.timeout
+    outputs, seconds, setup_seconds = [], 0.0, 0.0
     try:
-        res, _ = await run_pair(
-            client_session(cch, x, options=options, progress=progress),
-            serve_session(sch, weights, allow_insecure=True),
-            timeout=args.timeout,
-        )
+        for start in range(0, len(x), args.batch):
+            stop = min(start + args.batch, len(x))
+            if len(x) > args.batch:
+                progress(f"images {start}-{stop - 1} of {len(x)} (one session per batch)")
+            res, _ = await run_pair(
+                client_session(cch, x[start:stop], options=options, progress=progress),
+                serve_session(sch, weights, allow_insecure=True),
+                timeout=max(deadline - time.monotonic(), 0.0),
+            )
+            outputs.append(res.output)
+            seconds += res.seconds
+            setup_seconds += res.setup_seconds
     finally:
         await cch.close()
         await sch.close()
         if writer is not None:
             writer.close()
+    res = SessionResult(np.concatenate(outputs), seconds, setup_seconds, cch.stats)
     cap = reference_capacity(weights, options, x.shape[1])
     ref = run_float(weights, x, capacity=cap).output
     fixed = run_fixed(weights, x, capacity=cap).output

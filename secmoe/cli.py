@@ -124,7 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     strategies = ("select", "all", "dispatch", "reveal")
     demo = sub.add_parser("demo", help="private inference on the bundled model, in one process")
-    demo.add_argument("--samples", type=int, default=8, help="held-out images (default 8)")
+    demo.add_argument(
+        "--samples", type=_positive_int, default=8, help="held-out images (default 8)"
+    )
+    demo.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=64,
+        help="images per session (default 64): bounds memory; each batch is its own session",
+    )
     demo.add_argument(
         "--strategy",
         choices=strategies,
@@ -164,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer = sub.add_parser("infer", help="the client: private inference against a server")
     infer.add_argument("--connect", required=True, metavar="HOST:PORT")
     infer.add_argument("--input", help="a .npy of inputs (default: held-out bundled samples)")
-    infer.add_argument("--samples", type=int, default=1, help="held-out samples without --input")
+    infer.add_argument(
+        "--samples", type=_positive_int, default=1, help="held-out samples without --input"
+    )
     infer.add_argument("--strategy", choices=strategies, default="select")
     _add_capacity_args(infer)
     infer.add_argument("--transcript", metavar="FILE")
@@ -174,6 +184,16 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--connect-timeout", type=float, default=30.0)
     _add_tls_args(infer)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_capacity_args(p: argparse.ArgumentParser) -> None:
