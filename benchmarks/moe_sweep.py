@@ -7,6 +7,8 @@ as it finishes. ``--plot`` draws bytes and time against E from a results file.
     python benchmarks/moe_sweep.py --profile t8 --out benchmarks/results/moe_t8.jsonl
     python benchmarks/moe_sweep.py --profile target --out benchmarks/results/moe_target.jsonl
     python benchmarks/moe_sweep.py --plot benchmarks/results/moe_t8.jsonl --png docs/moe_t8
+    python benchmarks/moe_sweep.py --per-token --plot benchmarks/results/moe_t128.jsonl \
+        benchmarks/results/moe_t8.jsonl --png docs/moe_t128
 
 Profiles:
 - ``t8``: Switch-Base dimensions (d = 768, d_ff = 3072, ReLU), T = 8 (the paper's setting),
@@ -14,10 +16,13 @@ Profiles:
 - ``target``: d = 256, d_ff = 1024, T = 128, E = 64, cf = 1.25: issue 10's comparison.
 - ``target-per-token``: ``select`` and ``all`` at the target's dimensions on 16 tokens (at
   T = 128 they would run for well over 30 minutes here), reported per token and labelled so.
-- ``t128``: Switch-Base dimensions with T = 128 for ``dispatch`` and ``reveal`` (``select``
-  and ``all`` would run for hours here: use ``t128-per-token``).
-- ``t128-per-token``: ``select`` and ``all`` on 8 tokens at E = 8..64, reported per token and
-  labelled so (``per_token``), never extrapolated silently.
+- ``t128``: Switch-Base dimensions with T = 128 for ``dispatch`` and ``reveal``. ``select`` and
+  ``all`` would run for hours at T = 128 here; their figures on fewer tokens are the ``t8``
+  profile's, shown per token with ``--per-token`` (labelled with the T they ran at), never
+  extrapolated silently.
+
+``--table`` and ``--plot`` take several results files; ``--per-token`` divides bytes and times
+by the T each run had, and every row and line says that T.
 """
 
 from __future__ import annotations
@@ -68,12 +73,6 @@ def profile(name: str) -> list[dict]:
             {**BASE, "tokens": 128, "experts": e, "strategy": s}
             for e in (8, 16, 32, 64)
             for s in ("reveal", "dispatch")
-        ]
-    if name == "t128-per-token":
-        return [
-            {**BASE, "tokens": 8, "experts": e, "strategy": s, "per_token": True}
-            for e in (8, 16, 32, 64)
-            for s in ("select", "all")
         ]
     raise SystemExit(f"unknown profile {name!r}")
 
@@ -143,70 +142,83 @@ def sweep(configs: list[dict], out: Path, timeout: float) -> None:
         print(json.dumps({**cfg, **brief}), flush=True)
 
 
-def plot(results: Path, png_prefix: str) -> None:
-    """Bytes and server time against E, one line per strategy (matplotlib)."""
+def load(results: list[Path]) -> list[dict]:
+    """The rows of several results files."""
+    return [json.loads(line) for path in results for line in path.read_text().splitlines() if line]
+
+
+def per_run_tokens(r: dict, per_token: bool) -> int:
+    """The divisor of a row's figures: its T when shown per token (or when it ran so)."""
+    return r["config"]["tokens"] if per_token or r["config"].get("per_token") else 1
+
+
+def plot(results: list[Path], png_prefix: str, per_token: bool = False) -> None:
+    """Bytes and server time against E, one line per (strategy, T) (matplotlib)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "error" not in r]
+    rows = [r for r in load(results) if "error" not in r]
+    lines = sorted({(r["config"]["strategy"], r["config"]["tokens"]) for r in rows})
+    unit = " per token" if per_token else ""
     for metric, label in (
-        ("bytes", "bytes on the wire (MB)"),
-        ("server_cpu_seconds", "server CPU time (s)"),
+        ("bytes", f"bytes on the wire{unit} (MB)"),
+        ("server_cpu_seconds", f"server CPU time{unit} (s)"),
     ):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for s in STRATEGIES:
+        for s, t in lines:
             pts = sorted(
-                (r["config"]["experts"], _value(r, metric))
+                (r["config"]["experts"], _value(r, metric) / per_run_tokens(r, per_token))
                 for r in rows
-                if r["config"]["strategy"] == s
+                if (r["config"]["strategy"], r["config"]["tokens"]) == (s, t)
             )
-            if pts:
-                ax.plot(
-                    *zip(*pts, strict=True),
-                    marker="o",
-                    label=s + (" (INSECURE)" if s == "reveal" else ""),
-                )
+            name = s + (" (INSECURE)" if s == "reveal" else "") + f", T = {t}"
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
         ax.set_xscale("log", base=2)
+        ax.set_yscale("log" if per_token else "linear")
         ax.set_xlabel("experts E")
         ax.set_ylabel(label)
         c = rows[0]["config"] if rows else {}
         ax.set_title(
-            f"secure MoE layer: T = {c.get('tokens')}, d = {c.get('d_model')}, "
-            f"d_ff = {c.get('d_ff')}, {c.get('ffn')}, top-{c.get('top_k')}"
+            f"secure MoE layer: d = {c.get('d_model')}, d_ff = {c.get('d_ff')}, "
+            f"{c.get('ffn')}, top-{c.get('top_k')}"
         )
         ax.grid(True, alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
         fig.tight_layout()
         path = f"{png_prefix}_{'bytes' if metric == 'bytes' else 'time'}.png"
         fig.savefig(path, dpi=120)
         print(f"wrote {path}")
 
 
-def table(results: Path) -> str:
-    """A markdown table of a results file (per-token rows labelled)."""
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+def table(results: list[Path], per_token: bool = False) -> str:
+    """A markdown table of results files (per-token rows labelled), with the LAN/WAN
+    estimates (measured compute + bytes / bandwidth + rounds × RTT / 2)."""
     out = [
-        "| E | T | strategy | MB c2s | MB s2c | MB total | rounds | s | server CPU s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| E | T | strategy | MB c2s | MB s2c | MB total | rounds | s | server CPU s "
+        "| LAN s | WAN s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    rows = load(results)
     for r in sorted(rows, key=lambda r: (r["config"]["experts"], r["config"]["strategy"])):
         c = r["config"]
         name = c["strategy"] + (" (INSECURE)" if c["strategy"] == "reveal" else "")
         if "error" in r:
             out.append(
-                f"| {c['experts']} | {c['tokens']} | {name} | failed: {r['error'][:60]} | | | | | |"
+                f"| {c['experts']} | {c['tokens']} | {name} | failed: {r['error'][:60]} "
+                "| | | | | | | |"
             )
             continue
-        label = " per token" if c.get("per_token") else ""
-        k = c["tokens"] if c.get("per_token") else 1
+        k = per_run_tokens(r, per_token)
+        label = " per token" if k > 1 else ""
         mb = [r["bytes_c2s"] / 1e6 / k, r["bytes_s2c"] / 1e6 / k]
+        est = r.get("estimates") or {}
+        lan, wan = (f"{est[n] / k:.1f}" if n in est else "" for n in ("lan", "wan"))
         out.append(
             f"| {c['experts']} | {c['tokens']}{label} | {name} | {mb[0]:.1f} | {mb[1]:.1f} | "
             f"{sum(mb):.1f} | {r['rounds']} | {r['seconds'] / k:.1f} | "
-            f"{r['server_cpu_seconds'] / k:.1f} |"
+            f"{r['server_cpu_seconds'] / k:.1f} | {lan} | {wan} |"
         )
     return "\n".join(out)
 
@@ -219,23 +231,22 @@ def _value(r: dict, metric: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument(
-        "--profile", choices=("t8", "target", "target-per-token", "t128", "t128-per-token")
-    )
+    ap.add_argument("--profile", choices=("t8", "target", "target-per-token", "t128"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/moe.jsonl"))
     ap.add_argument("--timeout", type=float, default=3600.0, help="per run (s)")
-    ap.add_argument("--plot", type=Path, help="a results file to plot")
+    ap.add_argument("--plot", type=Path, nargs="+", help="results files to plot")
     ap.add_argument("--png", default="docs/moe", help="output prefix for --plot")
-    ap.add_argument("--table", type=Path, help="print a results file as a markdown table")
+    ap.add_argument("--table", type=Path, nargs="+", help="results files as a markdown table")
+    ap.add_argument("--per-token", action="store_true", help="divide figures by each run's T")
     args = ap.parse_args()
     if args.table:
-        print(table(args.table))
+        print(table(args.table, args.per_token))
     elif args.plot:
-        plot(args.plot, args.png)
+        plot(args.plot, args.png, args.per_token)
     elif args.profile:
         sweep(profile(args.profile), args.out, args.timeout)
     else:
-        ap.error("give --profile or --plot")
+        ap.error("give --profile, --plot or --table")
 
 
 if __name__ == "__main__":
