@@ -20,6 +20,8 @@ Profiles:
   ``all`` would run for hours at T = 128 here; their figures on fewer tokens are the ``t8``
   profile's, shown per token with ``--per-token`` (labelled with the T they ran at), never
   extrapolated silently.
+- ``e128``: E = 128 where memory allows here: ``reveal`` and ``dispatch`` at T = 128, ``select``
+  at T = 8.
 
 ``--table`` and ``--plot`` take several results files; ``--per-token`` divides bytes and times
 by the T each run had, and every row and line says that T.
@@ -73,6 +75,11 @@ def profile(name: str) -> list[dict]:
             {**BASE, "tokens": 128, "experts": e, "strategy": s}
             for e in (8, 16, 32, 64)
             for s in ("reveal", "dispatch")
+        ]
+    if name == "e128":
+        return [
+            {**BASE, "tokens": t, "experts": 128, "strategy": s}
+            for s, t in (("reveal", 128), ("dispatch", 128), ("select", 8))
         ]
     raise SystemExit(f"unknown profile {name!r}")
 
@@ -231,7 +238,7 @@ def _value(r: dict, metric: str) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", choices=("t8", "target", "target-per-token", "t128"))
+    ap.add_argument("--profile", choices=("t8", "target", "target-per-token", "t128", "e128"))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/moe.jsonl"))
     ap.add_argument("--timeout", type=float, default=3600.0, help="per run (s)")
     ap.add_argument("--plot", type=Path, nargs="+", help="results files to plot")
