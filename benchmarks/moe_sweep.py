@@ -168,6 +168,7 @@ def plot(results: list[Path], png_prefix: str, per_token: bool = False) -> None:
 
     rows = [r for r in load(results) if "error" not in r]
     lines = sorted({(r["config"]["strategy"], r["config"]["tokens"]) for r in rows})
+    max_t = max((t for _, t in lines), default=0)
     unit = " per token" if per_token else ""
     for metric, label in (
         ("bytes", f"bytes on the wire{unit} (MB)"),
@@ -181,7 +182,8 @@ def plot(results: list[Path], png_prefix: str, per_token: bool = False) -> None:
                 if (r["config"]["strategy"], r["config"]["tokens"]) == (s, t)
             )
             name = s + (" (INSECURE)" if s == "reveal" else "") + f", T = {t}"
-            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+            style = {"color": f"C{STRATEGIES.index(s)}", "ls": "-" if t == max_t else "--"}
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name, **style)
         ax.set_xscale("log", base=2)
         ax.set_yscale("log" if per_token else "linear")
         ax.set_xlabel("experts E")
