@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,25 @@ def print_summary(s: dict[str, Any]) -> None:
         )
 
 
+def _progress(quiet: bool) -> Callable[[str], None]:
+    """Progress lines on stderr (none with ``--json``)."""
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            print(f"  … {msg}", file=sys.stderr)
+
+    return progress
+
+
+def batches(n: int, size: int, progress: Callable[[str], None]) -> Iterator[slice]:
+    """Slices of at most ``size`` of ``n`` sequences, one session each (telling progress)."""
+    for start in range(0, n, size):
+        stop = min(start + size, n)
+        if n > size:
+            progress(f"sequences {start}-{stop - 1} of {n} (one session per batch)")
+        yield slice(start, stop)
+
+
 async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     weights = load_bundled()
     x, labels = load_heldout()
@@ -147,32 +167,29 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     instrument(cch, args.net, writer)
     instrument(sch, args.net, None)
 
-    def progress(msg: str) -> None:
-        if not args.json:
-            print(f"  … {msg}", file=sys.stderr)
-
+    progress = _progress(args.json)
     options = options_from_args(args)
     deadline = time.monotonic() + args.timeout
-    outputs, seconds, setup_seconds = [], 0.0, 0.0
+    results = []
     try:
-        for start in range(0, len(x), args.batch):
-            stop = min(start + args.batch, len(x))
-            if len(x) > args.batch:
-                progress(f"images {start}-{stop - 1} of {len(x)} (one session per batch)")
+        for part in batches(len(x), args.batch, progress):
             res, _ = await run_pair(
-                client_session(cch, x[start:stop], options=options, progress=progress),
-                serve_session(sch, weights, allow_insecure=True),
+                client_session(cch, x[part], options=options, progress=progress),
+                serve_session(sch, weights, allow_insecure=True, max_batch=args.batch),
                 timeout=max(deadline - time.monotonic(), 0.0),
             )
-            outputs.append(res.output)
-            seconds += res.seconds
-            setup_seconds += res.setup_seconds
+            results.append(res)
     finally:
         await cch.close()
         await sch.close()
         if writer is not None:
             writer.close()
-    res = SessionResult(np.concatenate(outputs), seconds, setup_seconds, cch.stats)
+    res = SessionResult(
+        np.concatenate([r.output for r in results]),
+        sum(r.seconds for r in results),
+        sum(r.setup_seconds for r in results),
+        cch.stats,
+    )
     cap = reference_capacity(weights, options, x.shape[1])
     ref = run_float(weights, x, capacity=cap).output
     fixed = run_fixed(weights, x, capacity=cap).output
@@ -216,7 +233,12 @@ async def _serve(args: argparse.Namespace, tls: TLSConfig | None) -> int:
                 continue
             instrument(ch, args.net, None)
             try:
-                res = await serve_session(ch, weights, allow_insecure=args.allow_insecure_reveal)
+                res = await serve_session(
+                    ch,
+                    weights,
+                    allow_insecure=args.allow_insecure_reveal,
+                    max_batch=args.max_batch,
+                )
                 print(f"session {served}: done in {res.seconds:.2f} s", file=sys.stderr)
             except (NetError, SessionRefused, ValueError) as exc:
                 print(f"session {served}: ended: {exc}", file=sys.stderr)
@@ -227,34 +249,49 @@ async def _serve(args: argparse.Namespace, tls: TLSConfig | None) -> int:
     return 0
 
 
+def _is_batched(x: np.ndarray) -> bool:
+    """Whether an input has the batch axis: (B, T, patch_dim) features or (B, T) token ids
+    (a single sequence, (T, patch_dim) or (T,), is one session as it is)."""
+    return x.ndim == 3 or (x.ndim == 2 and np.issubdtype(x.dtype, np.integer))
+
+
 async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, Any]:
     x = np.load(args.input) if args.input else load_heldout()[0][: args.samples]
     host, port = parse_hostport(args.connect)
-    ch = await connect(
-        host,
-        port,
-        params=APP_PARAMS,
-        tls=tls,
-        connect_timeout=args.connect_timeout,
-        timeout=args.timeout,
-    )
     writer = TranscriptWriter(args.transcript) if args.transcript else None
-    instrument(ch, args.net, writer)
+
+    progress = _progress(args.json)
+    parts = batches(len(x), args.batch, progress) if _is_batched(x) else [slice(None)]
+    results = []
     try:
-        res = await client_session(ch, x, options=options_from_args(args))
+        for part in parts:
+            ch = await connect(
+                host,
+                port,
+                params=APP_PARAMS,
+                tls=tls,
+                connect_timeout=args.connect_timeout,
+                timeout=args.timeout,
+            )
+            instrument(ch, args.net, writer)
+            try:
+                results.append(await client_session(ch, x[part], options=options_from_args(args)))
+            finally:
+                await ch.close()
     finally:
-        await ch.close()
         if writer is not None:
             writer.close()
-    online = res.stats.total("online")
+    logits = np.concatenate([r.output for r in results])
+    online = [r.stats.total("online") for r in results]
     return {
-        "prediction": res.output.argmax(-1).tolist(),
-        "logits": res.output.tolist(),
-        "seconds": res.seconds,
-        "setup_seconds": res.setup_seconds,
-        "bytes_c2s": online.bytes_c2s,
-        "bytes_s2c": online.bytes_s2c,
-        "rounds": res.stats.depth,
+        "prediction": logits.argmax(-1).tolist(),
+        "logits": logits.tolist(),
+        "sessions": len(results),
+        "seconds": sum(r.seconds for r in results),
+        "setup_seconds": sum(r.setup_seconds for r in results),
+        "bytes_c2s": sum(o.bytes_c2s for o in online),
+        "bytes_s2c": sum(o.bytes_s2c for o in online),
+        "rounds": sum(r.stats.depth for r in results),
         "strategy": args.strategy,
     }
 

@@ -153,7 +153,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="the server: answer private-inference sessions")
     serve.add_argument("--model", default="bundled", help="safetensors file/dir or 'bundled'")
     serve.add_argument("--listen", required=True, metavar="HOST:PORT")
-    serve.add_argument("--sessions", type=int, help="exit after this many sessions")
+    serve.add_argument("--sessions", type=_positive_int, help="exit after this many sessions")
+    serve.add_argument(
+        "--max-batch",
+        type=_positive_int,
+        default=64,
+        help="refuse sessions of more sequences (default 64): memory grows with the batch",
+    )
     serve.add_argument(
         "--allow-insecure-reveal",
         action="store_true",
@@ -174,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--input", help="a .npy of inputs (default: held-out bundled samples)")
     infer.add_argument(
         "--samples", type=_positive_int, default=1, help="held-out samples without --input"
+    )
+    infer.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=64,
+        help="sequences per session (default 64; at most the server's --max-batch)",
     )
     infer.add_argument("--strategy", choices=strategies, default="select")
     _add_capacity_args(infer)

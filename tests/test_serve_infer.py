@@ -77,6 +77,42 @@ def test_serve_survives_a_bad_client_and_answers_the_next(tmp_path):
     assert "Traceback" not in err
 
 
+def test_infer_splits_a_batch_into_sessions_within_the_servers_limit(tmp_path):
+    port = free_port()
+    server = subprocess.Popen(
+        [*SECMOE, "serve", "--listen", f"127.0.0.1:{port}", "--sessions", "4", "--max-batch", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    x = load_heldout()[0][:2]
+    np.save(tmp_path / "x.npy", x)
+    infer = [*SECMOE, "infer", "--connect", f"127.0.0.1:{port}", "--input", str(tmp_path / "x.npy")]
+    try:
+        wait_listening(port, server)  # session 1
+        too_big = subprocess.run(  # session 2: refused, with the reason
+            [*infer, "--strategy", "dispatch", "--batch", "2"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        out = subprocess.run(  # sessions 3 and 4, one image each
+            [*infer, "--strategy", "dispatch", "--batch", "1", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        _, err = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert too_big.returncode == 1 and "batch size 2 outside [1, 1]" in too_big.stderr
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["sessions"] == 2
+    assert res["prediction"] == run(load_bundled(), x).output.argmax(-1).tolist()
+    assert "session 4: done" in err and "Traceback" not in err
+
+
 def test_infer_against_nothing_is_one_line():
     out = subprocess.run(
         [*SECMOE, "infer", "--connect", f"127.0.0.1:{free_port()}", "--connect-timeout", "0.5"],

@@ -34,7 +34,7 @@ from .reference import batched
 from .secure import Progress, RunOptions, moe_spec, secure_forward
 from .weights import ModelWeights, to_tensors
 
-MAX_BATCH = 4096
+DEFAULT_MAX_BATCH = 64
 
 
 class SessionRefused(ValueError):
@@ -115,7 +115,9 @@ async def setup_inference(
     return p
 
 
-def _check_request(req: Any, cfg: ModelConfig, allow_insecure: bool) -> tuple[RunOptions, tuple]:
+def _check_request(
+    req: Any, cfg: ModelConfig, allow_insecure: bool, max_batch: int
+) -> tuple[RunOptions, tuple]:
     if not isinstance(req, dict):
         raise SessionRefused("malformed request")
     strategy, shape = req.get("strategy"), req.get("shape")
@@ -123,8 +125,11 @@ def _check_request(req: Any, cfg: ModelConfig, allow_insecure: bool) -> tuple[Ru
     if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) for v in shape)):
         raise SessionRefused(f"malformed batch shape {shape!r}")
     b, t = shape
-    if not 1 <= b <= MAX_BATCH:
-        raise SessionRefused(f"batch size {b} outside [1, {MAX_BATCH}]")
+    if not 1 <= b <= max_batch:
+        raise SessionRefused(
+            f"batch size {b} outside [1, {max_batch}] (this server's limit: send at most "
+            f"{max_batch} sequences per session)"
+        )
     if not 1 <= t <= cfg.seq_len:
         raise SessionRefused(f"sequence length {t} outside [1, {cfg.seq_len}]")
     if not (capacity is None or isinstance(capacity, int)) or not (
@@ -148,11 +153,13 @@ async def serve_session(
     weights: ModelWeights,
     *,
     allow_insecure: bool = False,
+    max_batch: int = DEFAULT_MAX_BATCH,
     prg: PRG | None = None,
     progress: Progress | None = None,
 ) -> SessionResult:
     """The server's side of one session. Raises :class:`SessionRefused` after telling the
-    client why, if its request is not acceptable."""
+    client why, if its request is not acceptable (an INSECURE strategy not allowed, or more
+    than ``max_batch`` sequences: the server's memory grows with the batch)."""
     cfg = weights.config
     t0 = time.perf_counter()
     with ch.phase("setup"):
@@ -161,7 +168,7 @@ async def serve_session(
         )
         req = await ch.recv(tag="setup/request")
         try:
-            options, shape = _check_request(req, cfg, allow_insecure)
+            options, shape = _check_request(req, cfg, allow_insecure, max_batch)
         except SessionRefused as exc:
             await ch.send({"ok": False, "error": str(exc)}, tag="setup/answer")
             raise

@@ -17,14 +17,14 @@ WEIGHTS = load_bundled()
 X, Y = load_heldout()
 
 
-async def secure_run(x, options, server_view=None, allow_insecure=True):
+async def secure_run(x, options, server_view=None, allow_insecure=True, max_batch=64):
     cch, sch = memory_pair()
     if server_view is not None:
         sch.session.recorder = lambda ev, payload: server_view.append(ev)
     try:
         res, _ = await run_pair(
             client_session(cch, x, options=options),
-            serve_session(sch, WEIGHTS, allow_insecure=allow_insecure),
+            serve_session(sch, WEIGHTS, allow_insecure=allow_insecure, max_batch=max_batch),
             timeout=600,
         )
     finally:
@@ -90,6 +90,11 @@ async def test_server_refuses_insecure_strategy_unless_allowed():
 async def test_client_input_of_the_wrong_shape_is_refused_before_any_crypto():
     with pytest.raises(PartyError, match="do not fit"):
         await secure_run(np.zeros((1, 8, 5)), RunOptions("all"))
+
+
+async def test_server_refuses_a_batch_beyond_its_limit_before_any_crypto():
+    with pytest.raises(PartyError, match="batch size 3 outside \\[1, 2\\]"):
+        await secure_run(X[:3], RunOptions("all"), max_batch=2)
 
 
 def test_session_refused_is_a_value_error():
