@@ -21,6 +21,7 @@ from .net.transcript import read_transcript, summarize
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+BATCH = 64  # sequences per session, and a server's default limit (memory grows with it)
 
 
 def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
@@ -124,15 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     strategies = ("select", "all", "dispatch", "reveal")
     demo = sub.add_parser("demo", help="private inference on the bundled model, in one process")
-    demo.add_argument(
-        "--samples", type=_positive_int, default=8, help="held-out images (default 8)"
-    )
-    demo.add_argument(
-        "--batch",
-        type=_positive_int,
-        default=64,
-        help="images per session (default 64): bounds memory; each batch is its own session",
-    )
+    _add_count_args(demo, 8, "held-out images (default 8)")
     demo.add_argument(
         "--strategy",
         choices=strategies,
@@ -157,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--max-batch",
         type=_positive_int,
-        default=64,
-        help="refuse sessions of more sequences (default 64): memory grows with the batch",
+        default=BATCH,
+        help=f"refuse sessions of more sequences (default {BATCH}): memory grows with the batch",
     )
     serve.add_argument(
         "--allow-insecure-reveal",
@@ -178,15 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer = sub.add_parser("infer", help="the client: private inference against a server")
     infer.add_argument("--connect", required=True, metavar="HOST:PORT")
     infer.add_argument("--input", help="a .npy of inputs (default: held-out bundled samples)")
-    infer.add_argument(
-        "--samples", type=_positive_int, default=1, help="held-out samples without --input"
-    )
-    infer.add_argument(
-        "--batch",
-        type=_positive_int,
-        default=64,
-        help="sequences per session (default 64; at most the server's --max-batch)",
-    )
+    _add_count_args(infer, 1, "held-out images without --input (default 1)")
     infer.add_argument("--strategy", choices=strategies, default="select")
     _add_capacity_args(infer)
     infer.add_argument("--transcript", metavar="FILE")
@@ -206,6 +191,17 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _add_count_args(p: argparse.ArgumentParser, samples: int, samples_help: str) -> None:
+    p.add_argument("--samples", type=_positive_int, default=samples, help=samples_help)
+    p.add_argument(
+        "--batch",
+        type=_positive_int,
+        default=BATCH,
+        help=f"sequences per session (default {BATCH}; at most the server's --max-batch): "
+        "memory grows with the batch, so larger inputs go as several sessions",
+    )
 
 
 def _add_capacity_args(p: argparse.ArgumentParser) -> None:
