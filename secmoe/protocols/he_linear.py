@@ -67,6 +67,7 @@ from ..crypto.he_serial import pack_residues, unpack_residues
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
+from ..net.stats import Delta
 from .he_setup import ClientHE, ServerHE, setup_client, setup_server
 
 __all__ = [
@@ -655,6 +656,20 @@ async def _reveal_check(ch: Channel, mine: list[np.ndarray], ideal: list[np.ndar
     return {"max_abs_error": max(errs) if errs else 0, "exact": all(e == 0 for e in errs)}
 
 
+def bench_figures(online: Delta, setup: Delta, t0: float, t1: float, t2: float) -> dict:
+    """The measured figures of an HE benchmark: online bytes and rounds, setup bytes, and the
+    setup (t0→t1) and online (t1→t2) times."""
+    return {
+        "bytes_c2s": online.bytes_c2s,
+        "bytes_s2c": online.bytes_s2c,
+        "bytes_total": online.bytes_total,
+        "rounds": online.rounds,
+        "seconds": t2 - t1,
+        "setup_seconds": t1 - t0,
+        "setup_bytes": setup.bytes_total,
+    }
+
+
 async def _bench_plain(ch, shape, experts, seed, w_bits, params) -> dict:
     params = params or HE_8K
     t, d, h = shape
@@ -693,13 +708,7 @@ async def _bench_plain(ch, shape, experts, seed, w_bits, params) -> dict:
         "experts": experts,
         "params": params.name,
         "plan": plan_summary(plan),
-        "bytes_c2s": online.bytes_c2s,
-        "bytes_s2c": online.bytes_s2c,
-        "bytes_total": online.bytes_total,
-        "rounds": online.rounds,
-        "seconds": t2 - t1,
-        "setup_seconds": t1 - t0,
-        "setup_bytes": setup.bytes_total,
+        **bench_figures(online, setup, t0, t1, t2),
         "declared": matmul_cost(plan),
         **check,
     }
