@@ -8,13 +8,14 @@ accepted, and nothing is ever unpickled: decoding only builds the types above.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
 import msgpack
 import numpy as np
 
-from .errors import ProtocolError
+from .errors import ProtocolError, describe, shown
 
 EXT_NDARRAY = 1
 EXT_BOOLARRAY = 2
@@ -22,6 +23,7 @@ EXT_BIGINT = 3
 
 _ALLOWED_KINDS = frozenset("iufc")  # signed, unsigned, float, complex; bool handled apart
 _HDR = struct.Struct("<H")
+MAX_DIMS = 32
 
 
 def _pack_header(obj: Any) -> bytes:
@@ -60,7 +62,9 @@ def _default(obj: Any) -> Any:
 
 def _shape(raw: Any) -> tuple[int, ...]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and d >= 0 for d in raw):
-        raise ProtocolError(f"bad array shape {raw!r}")
+        raise ProtocolError(f"bad array shape {shown(raw)}")
+    if len(raw) > MAX_DIMS:
+        raise ProtocolError(f"array of {len(raw)} dimensions (at most {MAX_DIMS})")
     return tuple(raw)
 
 
@@ -71,23 +75,23 @@ def _ext_hook(code: int, data: bytes) -> Any:
             raise ProtocolError("bad array header")
         try:
             dtype = np.dtype(head[0])
-        except TypeError as exc:
-            raise ProtocolError(f"bad array dtype {head[0]!r}") from exc
+        except Exception as exc:  # numpy raises TypeError, ValueError, SyntaxError, …
+            raise ProtocolError(f"bad array dtype {shown(head[0])}") from exc
         if dtype.kind not in _ALLOWED_KINDS:
-            raise ProtocolError(f"array dtype {dtype} is not allowed on the wire")
+            raise ProtocolError(f"array dtype {shown(head[0])} is not allowed on the wire")
         shape = _shape(head[1])
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if count * dtype.itemsize != len(body):
             raise ProtocolError(
-                f"array body is {len(body)} bytes, expected {count * dtype.itemsize} "
-                f"for shape {shape} {dtype}"
+                f"array body is {len(body)} bytes, expected {shown(count * dtype.itemsize, 40)} "
+                f"for shape {shown(shape)} {dtype}"
             )
         arr = np.frombuffer(body, dtype=dtype).reshape(shape)
         return arr.astype(dtype.newbyteorder("="), copy=True)
     if code == EXT_BOOLARRAY:
         head, body = _unpack_header(data)
         shape = _shape(head)
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)
         if len(body) != (count + 7) // 8:
             raise ProtocolError(f"bit-packed array body is {len(body)} bytes for {count} bits")
         bits = np.unpackbits(np.frombuffer(body, dtype=np.uint8), count=count)
@@ -110,5 +114,5 @@ def decode(data: bytes) -> Any:
         )
     except ProtocolError:
         raise
-    except Exception as exc:  # msgpack raises several types for garbage
-        raise ProtocolError(f"malformed message: {exc}") from exc
+    except Exception as exc:  # msgpack raises several types for garbage, some without text
+        raise ProtocolError(f"malformed message: {describe(exc)}") from exc

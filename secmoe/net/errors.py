@@ -2,6 +2,37 @@
 
 from __future__ import annotations
 
+REASON_MAX = 500  # characters of a reason sent to the peer or shown from it
+
+
+def one_line(text: str, limit: int = REASON_MAX) -> str:
+    """``text`` as one printable line of at most ``limit`` characters (peer-supplied text is
+    shown only through this: no newlines or terminal escapes reach a log)."""
+    line = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def shown(value: object, limit: int = 120) -> str:
+    """A peer-supplied value (path, tag, header) as it appears in an error: its repr, clipped."""
+    return one_line(repr(value), limit)
+
+
+_KINDS = {  # msgpack's errors, some of which carry no text
+    "ExtraData": "extra bytes after the message",
+    "FormatError": "not msgpack (a reserved byte)",
+    "StackError": "nested too deeply",
+}
+
+
+def describe(exc: BaseException) -> str:
+    """A non-empty one-line description of a decoding error (its kind and its text)."""
+    name = type(exc).__name__
+    text = one_line(str(exc), 200)
+    kind = _KINDS.get(name)
+    if kind is None:
+        return text or name
+    return f"{kind} ({text})" if text else f"{kind} ({name})"
+
 
 class NetError(Exception):
     """Base class of every channel/transport error."""
@@ -16,16 +47,24 @@ class TagMismatch(ProtocolError):
 
     def __init__(self, path: str, expected: str, received: str) -> None:
         super().__init__(
-            f"tag mismatch on channel {path!r}: this party expected {expected!r}, "
-            f"the peer sent {received!r}"
+            f"tag mismatch on channel {shown(path)}: this party expected {expected!r}, "
+            f"the peer sent {shown(received)}"
         )
         self.path = path
         self.expected = expected
         self.received = received
 
 
+class LimitExceeded(ProtocolError):
+    """The peer exceeded one of the session's limits (message size, buffer budget, paths)."""
+
+
 class PeerDisconnected(NetError):
     """The peer closed the connection (or the link broke) while we were waiting for it."""
+
+
+class PeerAborted(PeerDisconnected):
+    """The peer failed and said why before closing: "the server failed: <reason>"."""
 
 
 class ChannelTimeout(NetError, TimeoutError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import msgpack
 
-from .errors import ProtocolError
+from .errors import ProtocolError, describe, shown
 
 LEN = struct.Struct(">I")
 HLEN = struct.Struct(">H")
@@ -70,7 +70,7 @@ def parse_body(body: bytes | memoryview) -> Frame:
     try:
         head = msgpack.unpackb(view[HLEN.size : HLEN.size + hlen], raw=False)
     except Exception as exc:
-        raise ProtocolError(f"malformed frame header: {exc}") from exc
+        raise ProtocolError(f"malformed frame header: {describe(exc)}") from exc
     if not (
         isinstance(head, list)
         and len(head) == 5
@@ -80,7 +80,7 @@ def parse_body(body: bytes | memoryview) -> Frame:
         and isinstance(head[3], str)
         and head[4] in (0, 1)
     ):
-        raise ProtocolError(f"malformed frame header {head!r}")
+        raise ProtocolError(f"malformed frame header {shown(head, 200)}")
     chunk = bytes(view[HLEN.size + hlen :])
     return Frame(head[0], head[1], head[2], head[3], bool(head[4]), chunk, LEN.size + len(view))
 

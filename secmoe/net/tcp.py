@@ -29,8 +29,16 @@ from typing import Any
 from .. import PROTOCOL_VERSION
 from .channel import Channel, Link, Session
 from .codec import decode, encode
-from .errors import ChannelTimeout, HandshakeError, NetError, PeerDisconnected, ProtocolError
-from .framing import Frame, FrameDecoder, encode_frame
+from .errors import (
+    ChannelTimeout,
+    HandshakeError,
+    NetError,
+    PeerDisconnected,
+    ProtocolError,
+    one_line,
+    shown,
+)
+from .framing import LEN, Frame, check_frame_length, encode_frame, parse_body
 
 MAGIC = "secmoe"
 READ_SIZE = 1 << 20
@@ -81,6 +89,7 @@ class StreamLink(Link):
         self.reader = reader
         self.writer = writer
         self.write_timeout = write_timeout
+        self._closing: asyncio.Future[None] | None = None
         sock = writer.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -109,11 +118,22 @@ class StreamLink(Link):
         return data
 
     async def close(self) -> None:
-        if not self.writer.is_closing():
-            self.writer.close()
-        with contextlib.suppress(Exception):
+        """Close after flushing what is buffered; a peer that does not read for 2 s gets the
+        connection reset instead (a pending write then ends at once). Done once, however many
+        callers (the one closing task is shielded: a cancelled caller cannot break it)."""
+        if self._closing is None:
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        self.writer.close()
+        try:
             async with asyncio.timeout(2):
                 await self.writer.wait_closed()
+        except TimeoutError:
+            self.writer.transport.abort()
+        except Exception:
+            pass
 
 
 def parse_hostport(text: str) -> tuple[str, int]:
@@ -126,13 +146,15 @@ def parse_hostport(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _diff(role: str, ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+def _diff(role: str, ours: dict[str, Any], theirs: dict[Any, Any]) -> str:
     peer = "server" if role == "client" else "client"
-    keys = sorted(set(ours) | set(theirs))
-    return ", ".join(
-        f"{k}: {role}={ours.get(k)!r} {peer}={theirs.get(k)!r}"
-        for k in keys
-        if ours.get(k) != theirs.get(k)
+    keys = sorted(set(ours) | set(theirs), key=repr)
+    return one_line(
+        ", ".join(
+            f"{k}: {role}={shown(ours.get(k), 60)} {peer}={shown(theirs.get(k), 60)}"
+            for k in keys
+            if ours.get(k) != theirs.get(k)
+        )
     )
 
 
@@ -152,20 +174,24 @@ def check_hello(hello: Any, role: str, params: dict[str, Any], session: str | No
         raise HandshakeError("the peer is not a secmoe party (bad handshake)")
     if hello.get("version") != PROTOCOL_VERSION:
         raise HandshakeError(
-            f"protocol version mismatch: ours {PROTOCOL_VERSION}, peer {hello.get('version')!r}"
+            f"protocol version mismatch: ours {PROTOCOL_VERSION}, "
+            f"peer {shown(hello.get('version'))}"
         )
     peer_role = "server" if role == "client" else "client"
-    if hello.get("role") != peer_role:
+    if hello.get("role") == role:
         raise HandshakeError(f"both parties claim the role {role!r}")
-    if hello.get("params") != params:
-        raise HandshakeError(
-            f"parameter mismatch: {_diff(role, params, hello.get('params') or {})}"
-        )
+    if hello.get("role") != peer_role:
+        raise HandshakeError(f"the peer claims the role {shown(hello.get('role'))}")
+    theirs = hello.get("params")
+    if not isinstance(theirs, dict):
+        raise HandshakeError(f"the peer's parameters are not a map: {shown(theirs)}")
+    if theirs != params:
+        raise HandshakeError(f"parameter mismatch: {_diff(role, params, theirs)}")
     sid = hello.get("session")
     if not isinstance(sid, str) or not sid:
         raise HandshakeError("the peer sent no session id")
     if session is not None and sid != session:
-        raise HandshakeError(f"session id mismatch: ours {session!r}, peer {sid!r}")
+        raise HandshakeError(f"session id mismatch: ours {session!r}, peer {shown(sid)}")
     return sid
 
 
@@ -175,19 +201,25 @@ async def _send_hello(writer: asyncio.StreamWriter, hello: dict[str, Any]) -> No
 
 
 async def _recv_hello(reader: asyncio.StreamReader) -> Any:
-    decoder = FrameDecoder(HANDSHAKE_MAX)
-    while True:
-        data = await reader.read(HANDSHAKE_MAX)
-        if not data:
-            raise PeerDisconnected("the peer closed the connection during the handshake")
-        try:
-            frames = decoder.feed(data)
-        except ProtocolError as exc:
-            raise HandshakeError(f"the peer is not a secmoe party ({exc})") from None
-        if frames:
-            if frames[0].tag != "hello" or decoder.pending:
-                raise HandshakeError("the peer is not a secmoe party (bad handshake)")
-            return decode(frames[0].chunk)
+    """Read exactly one frame (the peer's hello) and decode it.
+
+    Only the hello's own bytes are consumed: whatever the peer sent right after it (the
+    server's first session message, say) stays in the stream for the session's decoder.
+    """
+    try:
+        (n,) = LEN.unpack(await reader.readexactly(LEN.size))
+        check_frame_length(n, HANDSHAKE_MAX)
+        frame = parse_body(await reader.readexactly(n))
+    except asyncio.IncompleteReadError:
+        raise PeerDisconnected("the peer closed the connection during the handshake") from None
+    except ProtocolError as exc:
+        raise HandshakeError(f"the peer is not a secmoe party ({exc})") from None
+    if frame.tag != "hello":
+        raise HandshakeError("the peer is not a secmoe party (bad handshake)")
+    try:
+        return decode(frame.chunk)
+    except ProtocolError as exc:
+        raise HandshakeError(f"the peer is not a secmoe party ({exc})") from None
 
 
 async def _handshake(
@@ -205,7 +237,8 @@ async def _handshake(
                 await _send_hello(writer, _hello(role, params, sid))
                 reply = await _recv_hello(reader)
                 if isinstance(reply, dict) and reply.get("error"):
-                    raise HandshakeError(f"the server refused the session: {reply['error']}")
+                    reason = one_line(str(reply["error"]))
+                    raise HandshakeError(f"the server refused the session: {reason}")
                 check_hello(reply, role, params, sid)
                 return sid
             hello = await _recv_hello(reader)
@@ -341,6 +374,10 @@ async def listen(
             )
         except (NetError, ssl.SSLError, OSError) as exc:
             queue.put_nowait(exc if isinstance(exc, NetError) else HandshakeError(str(exc)))
+            return
+        except Exception as exc:  # a hello nobody foresaw: still only that connection fails
+            reason = one_line(f"{type(exc).__name__}: {exc}", 200)
+            queue.put_nowait(HandshakeError(f"bad handshake ({reason})"))
             return
         queue.put_nowait(ch)
 

@@ -5,12 +5,15 @@ import pytest
 
 from secmoe.net import (
     ChannelTimeout,
+    NetError,
     PartyError,
+    PeerAborted,
     PeerDisconnected,
     TagMismatch,
     memory_pair,
     run_local,
 )
+from secmoe.net.channel import HELD_OVERHEAD
 from secmoe.net.codec import encode
 
 
@@ -131,16 +134,30 @@ async def test_stalled_peer_times_out_with_a_clear_error():
     await s.close()
 
 
-async def test_disconnect_wakes_every_waiter():
+@pytest.mark.parametrize(
+    ("end", "seen", "own"),
+    [
+        ("close", "^the peer closed the connection$", "the channel is closed"),
+        (
+            "abort",
+            "^the client failed: out of memory while encoding$",
+            "this party aborted the session: out of memory while encoding",
+        ),
+    ],
+)
+async def test_disconnect_and_abort_wake_every_waiter(end, seen, own):
     c, s = memory_pair()
     waiters = [asyncio.ensure_future(s.fork(f"w{i}").recv(tag="x")) for i in range(3)]
     await asyncio.sleep(0)
-    await c.close()
+    await (c.close() if end == "close" else c.abort("out of memory\nwhile encoding"))
+    error = PeerAborted if end == "abort" else PeerDisconnected
     for w in waiters:
-        with pytest.raises(PeerDisconnected):
+        with pytest.raises(error, match=seen):
             await asyncio.wait_for(w, 2)
-    with pytest.raises(PeerDisconnected):  # and later receives fail too
+    with pytest.raises(error, match=seen):  # and later receives fail too
         await s.recv(tag="y")
+    with pytest.raises(NetError, match=own):  # the party that ended cannot send either
+        await c.send(1, tag="x")
     await s.close()
 
 
@@ -173,5 +190,57 @@ async def test_message_above_the_maximum_fails_the_receiver():
     await c.send(b"x" * 5000, tag="big")
     with pytest.raises(Exception, match="exceeds the maximum"):
         await s.recv(tag="big", timeout=2)
+    await c.close()
+    await s.close()
+
+
+async def test_idle_limit_counts_only_silence_while_a_receive_waits():
+    c, s = memory_pair(idle_timeout=0.3)
+    await asyncio.sleep(0.5)  # nobody waits: no idle failure
+    waiter = asyncio.ensure_future(s.fork("a").recv(tag="late"))
+    for i in range(8):  # traffic on another path keeps the session alive past 0.3 s
+        await c.fork("b").send(i, tag="tick")
+        await asyncio.sleep(0.1)
+    await c.fork("a").send("here", tag="late")
+    assert await asyncio.wait_for(waiter, 2) == "here"
+    with pytest.raises(
+        ChannelTimeout,
+        match=r"the client sent nothing for 0.3 s while the server "
+        r"waited for 'x' on channel 'a'",
+    ):
+        await s.fork("a").recv(tag="x", timeout=30)
+    with pytest.raises(PeerAborted, match="the server failed: the client sent nothing"):
+        await c.recv(tag="y", timeout=2)
+    await c.close()
+    await s.close()
+
+
+async def test_session_deadline_fires_while_the_party_computes():
+    c, s = memory_pair()
+    s.session.set_deadline(0.2)
+    await asyncio.sleep(0.3)  # the server "computes"; its deadline passes meanwhile
+    with pytest.raises(PeerAborted, match="the server failed: the session exceeded its deadline"):
+        await c.recv(tag="x", timeout=2)
+    with pytest.raises(ChannelTimeout, match=r"exceeded its deadline of 0\.2 s"):
+        await s.send(1, tag="late")
+    s.session.set_deadline(None)  # a failed session stays failed
+    with pytest.raises(ChannelTimeout):
+        await s.recv(tag="x")
+    await c.close()
+    await s.close()
+
+
+async def test_buffered_bytes_count_held_frames_and_return_to_zero():
+    c, s = memory_pair(max_frame=1000)
+    await c.send(b"x" * 2500, tag="a")  # 3 frames (the encoded payload is 2503 bytes)
+    await c.send(b"", tag="b")
+    await asyncio.sleep(0.05)
+    _ = s.session._open("a")  # the reader runs once a receive opened a path
+    await asyncio.sleep(0.05)
+    assert s.session.buffered == len(encode(b"x" * 2500)) + len(encode(b"")) + 4 * HELD_OVERHEAD
+    assert await s.recv(tag="a") == b"x" * 2500
+    assert await s.recv(tag="b") == b""
+    assert s.session.buffered == 0
+    assert s.session.largest_message == len(encode(b"x" * 2500))
     await c.close()
     await s.close()

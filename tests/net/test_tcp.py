@@ -13,10 +13,10 @@ from secmoe.net import (
     run_local,
     run_pair,
 )
+from secmoe.net.codec import encode
 from secmoe.net.framing import LEN
 from secmoe.net.tcp import TLSConfig, connect, listen, parse_hostport
-
-PARAMS = {"ring_bits": 64, "frac_bits": 18}
+from tests.hostile import PARAMS, frame, hello_frame
 
 
 async def exchange(ch):
@@ -251,5 +251,51 @@ async def test_protocol_version_mismatch_is_named(monkeypatch):
             await lst.accept(5)
         with pytest.raises(HandshakeError, match="version mismatch"):
             await client
+    finally:
+        await lst.close()
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    (n,) = LEN.unpack(await reader.readexactly(LEN.size))
+    return await reader.readexactly(n)
+
+
+# The server's first session message may arrive in the same segment as its hello (it sends it
+# right after): the client must keep those bytes for the session (defect 1 of issue 15: it
+# dropped them, or refused a first message larger than the hello buffer, and both parties then
+# waited until the timeout). A message of 200 kB does not fit the old 64 kB hello read.
+@pytest.mark.parametrize("size", [10, 200_000])
+async def test_bytes_right_after_the_servers_hello_reach_the_client(size):
+    first = np.arange(size, dtype=np.uint8)
+
+    async def server(reader, writer):
+        await _read_frame(reader)  # the client's hello
+        writer.write(hello_frame("server") + frame("setup", "model", encode(first)))
+        await writer.drain()  # one write: hello and the first message in one segment
+        await asyncio.sleep(3)
+
+    srv, port = await raw_server(server)
+    try:
+        ch = await connect("127.0.0.1", port, params=PARAMS, session="fuzz")
+        got = await ch.fork("setup").recv(tag="model", timeout=2)
+        np.testing.assert_array_equal(got, first)
+        await ch.close()
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize("size", [10, 200_000])
+async def test_bytes_right_after_the_clients_hello_reach_the_server(size):
+    first = np.arange(size, dtype=np.uint8)
+    lst = await listen("127.0.0.1", 0, params=PARAMS)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", lst.port)
+        writer.write(hello_frame() + frame("a", "first", encode(first)))
+        await writer.drain()
+        ch = await lst.accept(5)
+        np.testing.assert_array_equal(await ch.fork("a").recv(tag="first", timeout=2), first)
+        await _read_frame(reader)  # the server's hello came back
+        writer.close()
+        await ch.close()
     finally:
         await lst.close()
