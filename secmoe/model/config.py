@@ -1,4 +1,5 @@
-"""Model configurations for MoE transformers: Switch/T5-style encoders, Mixtral-style decoders.
+"""Model configurations for MoE transformers: Switch/T5-style encoders, Mixtral- and
+Qwen3-MoE-style decoders.
 
 A :class:`ModelConfig` is frozen, validated on construction, and round-trips through JSON. Named
 presets (:data:`PRESETS`, :func:`preset`) include ``switch-base-{8,16,32,64,128}`` at the real
@@ -10,11 +11,15 @@ Conventions (shared by the weights, the references and the secure runner):
 * ``arch="switch"``: bidirectional attention, no 1/√d_k score scaling by default (T5 folds it
   into the query weights), T5 relative position buckets shared by all layers (stored in block 0).
 * ``arch="mixtral"``: causal attention with 1/√d_k scaling, rotary position embeddings,
-  grouped-query attention (``n_kv_heads``).
+  grouped-query attention (``n_kv_heads``), optionally a sliding window.
+* ``arch="qwen3_moe"``: as mixtral, plus per-head RMSNorm of q and k before RoPE
+  (``qk_norm``); dense layers may have their own FFN size (``dense_d_ff``).
 * FFN kinds: ``relu``/``gelu``: w2·act(w1·x); ``gated-gelu``: w2·(GeLU(w1·x) ⊙ v·x) (T5 v1.1);
   ``swiglu``: w2·(SiLU(w1·x) ⊙ v·x) (Mixtral's w1, w3, w2). GeLU is the erf form.
-* Routing: router logits l = Wr·x. Top-1 (Switch): the argmax expert, gate = softmax(l) at it.
-  Top-k (Mixtral): the k largest logits, gates = softmax over those k logits.
+* Routing: router logits l = Wr·x; the k largest logits are chosen. ``norm_topk_prob=False``
+  (Switch, Qwen3-MoE's default): gate = softmax(l) over all experts at each chosen one;
+  ``True`` (Mixtral): gates = softmax over the k chosen logits. ``expert_capacity``: the model
+  drops a token beyond that many per expert and sequence (Switch), in token order.
 * ``head``: ``"classifier"`` = mean over tokens + linear (with bias) to ``n_classes``;
   ``"lm"`` = per-token linear to the vocabulary; ``"none"`` = the final hidden states.
 """
@@ -38,7 +43,7 @@ __all__ = [
     "preset_names",
 ]
 
-ARCHS = ("switch", "mixtral")
+ARCHS = ("switch", "mixtral", "qwen3_moe")
 FFN_KINDS = ("relu", "gelu", "gated-gelu", "swiglu")
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("relative", "learned", "rope", "none")
@@ -81,6 +86,21 @@ class ModelConfig:
     causal: bool = False
     norm_eps: float = 1e-6
     capacity_factor: float = 1.25
+    #: causal sliding window: query i sees key j iff j <= i and i - j < sliding_window (None: all)
+    sliding_window: int | None = None
+    #: the model's own per-sequence, per-expert capacity (Switch's ``expert_capacity``);
+    #: None = the model drops no token
+    expert_capacity: int | None = None
+    #: the LM head is the token embedding (the checkpoint has no ``lm_head.weight``)
+    tie_word_embeddings: bool = False
+    #: gates renormalised over the selected top-k (None: resolved from the arch, see
+    #: :meth:`__post_init__`)
+    norm_topk_prob: bool | None = None
+    #: per-head RMSNorm of queries and keys before RoPE (Qwen3)
+    qk_norm: bool = False
+    #: hidden size of the dense (non-MoE) layers' FFN when it differs from the experts' d_ff
+    #: (Qwen3-MoE's ``intermediate_size``); None = d_ff
+    dense_d_ff: int | None = None
     #: rsqrt range [2^lo, 2^hi] of the norms' mean square (+eps), used by the fixed-point and
     #: secure norms; measured on the bundled model, a generous default elsewhere.
     norm_range: tuple[int, int] = (-8, 12)
@@ -88,6 +108,10 @@ class ModelConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "moe_layers", tuple(int(i) for i in self.moe_layers))
         object.__setattr__(self, "norm_range", tuple(int(i) for i in self.norm_range))
+        if self.norm_topk_prob is None:
+            # switch: the top-1 gate is softmax over all E at the argmax (not renormalised);
+            # mixtral: softmax over the k chosen logits = renormalised; qwen3_moe: HF's default.
+            object.__setattr__(self, "norm_topk_prob", self.arch == "mixtral")
         self._validate()
 
     # --- derived ---------------------------------------------------------------------------
@@ -96,6 +120,11 @@ class ModelConfig:
     def d_head(self) -> int:
         """Per-head dimension d_kv."""
         return self.head_dim if self.head_dim is not None else self.d_model // self.n_heads
+
+    @property
+    def d_ff_dense(self) -> int:
+        """Hidden size of the dense layers' FFN (``dense_d_ff``, default d_ff)."""
+        return self.dense_d_ff if self.dense_d_ff is not None else self.d_ff
 
     @property
     def kv_heads(self) -> int:
@@ -168,6 +197,24 @@ class ModelConfig:
         need(self.norm_eps >= 0, "norm_eps", "must be ≥ 0")
         lo, hi = self.norm_range
         need(lo < hi, "norm_range", f"needs lo < hi, got {self.norm_range}")
+        for fld in ("sliding_window", "expert_capacity", "dense_d_ff"):
+            v = getattr(self, fld)
+            need(
+                v is None or (isinstance(v, int) and v > 0), fld, f"must be None or > 0, got {v!r}"
+            )
+        need(
+            self.sliding_window is None or self.causal,
+            "sliding_window",
+            "a sliding window needs causal attention",
+        )
+        for fld in ("tie_word_embeddings", "norm_topk_prob", "qk_norm"):
+            v = getattr(self, fld)
+            need(isinstance(v, bool), fld, f"must be a bool, got {v!r}")
+        need(
+            not self.tie_word_embeddings or (self.head == "lm" and self.input == "tokens"),
+            "tie_word_embeddings",
+            "needs an lm head and token inputs",
+        )
 
     # --- (de)serialization -----------------------------------------------------------------
 
@@ -220,7 +267,8 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> ModelConfig:
-        """Read a JSON config (secmoe's format, or a Hugging Face ``config.json``)."""
+        """Read a JSON config (secmoe's format, or a Hugging Face ``config.json``: see
+        :mod:`secmoe.model.hf_config`)."""
         d = json.loads(Path(path).read_text())
         if "model_type" in d:
             return from_hf_config(d)
@@ -229,71 +277,6 @@ class ModelConfig:
     def replace(self, **changes: Any) -> ModelConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)
-
-
-def from_hf_config(d: Mapping[str, Any], seq_len: int = 8) -> ModelConfig:
-    """Convert a Hugging Face ``config.json`` (SwitchTransformers or Mixtral) to a ModelConfig.
-
-    Switch: the encoder only (``num_layers``, sparse every ``encoder_sparse_step``-th layer
-    starting at layer 1, as in transformers). ``seq_len`` is the sequence length to run at.
-    """
-    mt = d.get("model_type")
-    if mt == "switch_transformers":
-        step = int(d.get("encoder_sparse_step", 2))
-        n_layers = int(d["num_layers"])
-        moe = tuple(i for i in range(n_layers) if step > 0 and (step == 1 or i % step == 1))
-        proj = str(d.get("feed_forward_proj", "relu"))
-        ffn = {"relu": "relu", "gated-gelu": "gated-gelu", "gelu": "gelu"}.get(proj)
-        if ffn is None:
-            raise ConfigError(f"unsupported feed_forward_proj {proj!r}")
-        return ModelConfig(
-            name=str(d.get("_name_or_path") or "switch"),
-            arch="switch",
-            d_model=int(d["d_model"]),
-            n_heads=int(d["num_heads"]),
-            n_layers=n_layers,
-            d_ff=int(d["d_ff"]),
-            n_experts=int(d["num_experts"]),
-            top_k=1,
-            moe_layers=moe,
-            ffn=ffn,
-            norm="rmsnorm",
-            seq_len=seq_len,
-            vocab_size=int(d["vocab_size"]),
-            head_dim=int(d.get("d_kv", int(d["d_model"]) // int(d["num_heads"]))),
-            position="relative",
-            rel_buckets=int(d.get("relative_attention_num_buckets", 32)),
-            rel_max_distance=int(d.get("relative_attention_max_distance", 128)),
-            norm_eps=float(d.get("layer_norm_epsilon", 1e-6)),
-        )
-    if mt == "mixtral":
-        n_layers = int(d["num_hidden_layers"])
-        rope = d.get("rope_parameters") or {}
-        theta = float(d.get("rope_theta", rope.get("rope_theta", 1e6)))
-        return ModelConfig(
-            name=str(d.get("_name_or_path") or "mixtral"),
-            arch="mixtral",
-            d_model=int(d["hidden_size"]),
-            n_heads=int(d["num_attention_heads"]),
-            n_layers=n_layers,
-            d_ff=int(d["intermediate_size"]),
-            n_experts=int(d["num_local_experts"]),
-            top_k=int(d.get("num_experts_per_tok", 2)),
-            moe_layers=tuple(range(n_layers)),
-            ffn="swiglu",
-            norm="rmsnorm",
-            seq_len=seq_len,
-            vocab_size=int(d["vocab_size"]),
-            head="lm",
-            head_dim=d.get("head_dim"),
-            n_kv_heads=int(d.get("num_key_value_heads") or d["num_attention_heads"]),
-            position="rope",
-            rope_theta=theta,
-            scale_attention=True,
-            causal=True,
-            norm_eps=float(d.get("rms_norm_eps", 1e-5)),
-        )
-    raise ConfigError(f"unsupported Hugging Face model_type {mt!r} (switch_transformers, mixtral)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,3 +389,7 @@ def preset(name: str) -> ModelConfig:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None
+
+
+# The Hugging Face conversion lives in its own module (it needs ModelConfig, defined above).
+from secmoe.model.hf_config import from_hf_config  # noqa: E402

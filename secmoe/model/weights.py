@@ -17,7 +17,16 @@ Tensor names follow transformers' checkpoints (see :func:`expected_tensors`):
 * ``arch="mixtral"``: ``model.embed_tokens.weight``, ``model.layers.{i}.input_layernorm.weight``,
   ``…self_attn.{q,k,v,o}_proj.weight``, ``…post_attention_layernorm.weight``,
   ``…block_sparse_moe.gate.weight``, ``…block_sparse_moe.experts.{j}.{w1,w2,w3}.weight``
-  (dense layers: ``…mlp.{gate,up,down}_proj.weight``), ``model.norm.weight``, ``lm_head.weight``.
+  (dense layers: ``…mlp.{gate,up,down}_proj.weight``), ``model.norm.weight``, ``lm_head.weight``
+  (absent with ``tie_word_embeddings``: the head is the embedding).
+* ``arch="qwen3_moe"``: as mixtral, with ``…self_attn.{q,k}_norm.weight`` (d_head,), router
+  ``…mlp.gate.weight`` and experts ``…mlp.experts.{j}.{gate,up,down}_proj.weight``.
+* Decoders load in four layouts (:class:`~secmoe.model.hf_names.Layout`, found from the names):
+  the ``model.`` prefix and ``lm_head.weight`` of ``*ForCausalLM``, or no prefix and no head
+  (``MixtralModel``, ``Qwen3MoeModel``); per-expert modules (what ``save_pretrained`` writes)
+  or transformers 5's fused ``…mlp.experts.gate_up_proj`` (E, 2·d_ff, d) and
+  ``…mlp.experts.down_proj`` (E, d, d_ff) with router ``…mlp.gate.weight``. secmoe writes the
+  first: ``model.`` prefix, per-expert.
 * secmoe extensions (no HF counterpart): LayerNorm biases ``<norm>.bias``; patch inputs
   ``{encoder,model}.patch_embed.{weight,bias}``; learned positions
   ``{encoder,model}.embed_positions.weight``; the classifier head ``classifier.{weight,bias}``.
@@ -39,7 +48,15 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from secmoe.model.config import ModelConfig, preset
-from secmoe.model.hf_names import Slot, default_ignored, expected_tensors, param_count, slots
+from secmoe.model.hf_names import (
+    Layout,
+    Slot,
+    default_ignored,
+    detect_layout,
+    expected_tensors,
+    param_count,
+    slots,
+)
 
 __all__ = [
     "BUNDLED_DIR",
@@ -83,12 +100,15 @@ class Norm:
 
 @dataclass
 class Attention:
-    """Self-attention projections, math layout: wq (d, H·dk), wk/wv (d, Hkv·dk), wo (H·dk, d)."""
+    """Self-attention projections, math layout: wq (d, H·dk), wk/wv (d, Hkv·dk), wo (H·dk, d);
+    with ``cfg.qk_norm`` the per-head RMSNorm weights of queries and keys, (dk,) each."""
 
     wq: np.ndarray
     wk: np.ndarray
     wv: np.ndarray
     wo: np.ndarray
+    q_norm: np.ndarray | None = None
+    k_norm: np.ndarray | None = None
 
 
 @dataclass
@@ -158,7 +178,11 @@ def _build(c: ModelConfig, fill: Callable[[str, tuple[int, ...]], np.ndarray]) -
         ffn_cls = MoE if c.is_moe(i) else FFN
         kw = {"router": arrays[f"{L}.ffn.router"]} if c.is_moe(i) else {}
         ffn = ffn_cls(w1=arrays[f"{L}.ffn.w1"], w2=arrays[f"{L}.ffn.w2"], v=get(f"{L}.ffn.v"), **kw)
-        attn = Attention(*(arrays[f"{L}.attn.w{p}"] for p in "qkvo"))
+        attn = Attention(
+            *(arrays[f"{L}.attn.w{p}"] for p in "qkvo"),
+            q_norm=get(f"{L}.attn.q_norm"),
+            k_norm=get(f"{L}.attn.k_norm"),
+        )
         layers.append(
             Layer(
                 Norm(arrays[f"{L}.attn_norm.weight"], get(f"{L}.attn_norm.bias")),
@@ -168,6 +192,8 @@ def _build(c: ModelConfig, fill: Callable[[str, tuple[int, ...]], np.ndarray]) -
             )
         )
     top = ("embed", "patch_proj", "patch_bias", "pos_embed", "rel_bias", "head", "head_bias")
+    if c.tie_word_embeddings:  # the head is the embedding (a view: one array, two roles)
+        arrays["head"] = arrays["embed"].T
     return ModelWeights(
         config=c,
         layers=layers,
@@ -199,10 +225,10 @@ def init_random(config: ModelConfig, seed: int = 0) -> ModelWeights:
 
     def fill(key: str, shape: tuple[int, ...]) -> np.ndarray:
         last = key.rsplit(".", 1)[-1]
-        if last == "weight" and "norm" in key:
-            return np.ones(shape, np.float32)
         if last in ("bias", "patch_bias", "head_bias"):
             return np.zeros(shape, np.float32)
+        if "norm" in key:
+            return np.ones(shape, np.float32)
         if key in ("pos_embed", "rel_bias"):
             std = 0.1
         elif key == "embed":
@@ -288,10 +314,13 @@ def load_weights(
     """Load a checkpoint: a ``.safetensors`` file or a directory of shards.
 
     The config is ``config`` (a ModelConfig or preset name), else the file's metadata, else
-    ``<stem>.json``, else a Hugging Face ``config.json`` beside it. Tensor names starting with
-    a prefix in ``ignore`` are skipped (default: the Switch decoder, lm head and tied
-    embedding copy for ``arch="switch"``; nothing for Mixtral). Raises :class:`WeightsError`
-    naming every missing, unexpected or misshapen tensor with expected and found shapes.
+    ``<stem>.json``, else a Hugging Face ``config.json`` beside it. The naming layout (causal
+    LM or base model, per-expert or fused experts) is found from the names present
+    (:func:`~secmoe.model.hf_names.detect_layout`). Tensor names starting with a prefix in
+    ``ignore`` are skipped (default: :func:`~secmoe.model.hf_names.default_ignored`: the Switch
+    decoder and tied embedding copy, an lm head the config does not use or ties). With
+    ``tie_word_embeddings`` the head is the embedding. Raises :class:`WeightsError` naming
+    every missing, unexpected or misshapen tensor with expected and found shapes.
     """
     path = Path(path)
     files, meta = _open_all(path)
@@ -308,23 +337,28 @@ def load_weights(
     for name, alias in _ALIASES.items():
         if name not in found and alias in found:
             found[name], source[name] = found[alias], alias
-    todo = list(slots(cfg))
-    _check(cfg, todo, found, (*ign, *source.values()))
+    layout = detect_layout(cfg, found)
+    todo = list(slots(cfg, layout))
+    _check(cfg, layout, todo, found, (*ign, *source.values()))
     by_file: dict[Path, list[Slot]] = {}
     for s in todo:
         by_file.setdefault(found[s.hf][0], []).append(s)
     w = _build(cfg, lambda key, shape: np.empty(shape, np.float32))
     for f, group in by_file.items():
         with safe_open(str(f), framework="np") as h:
+            last: tuple[str, np.ndarray] | None = None  # a fused tensor feeds two slots in a row
             for s in group:
-                a = _read_tensor(h, f, source.get(s.hf, s.hf)).astype(np.float32, copy=False)
+                if last is None or last[0] != s.hf:
+                    a = _read_tensor(h, f, source.get(s.hf, s.hf)).astype(np.float32, copy=False)
+                    last = (s.hf, a)
                 dst = _get(w, s.key)
-                (dst if s.expert is None else dst[s.expert])[...] = a.T if s.linear else a
+                (dst if s.expert is None else dst[s.expert])[...] = s.to_internal(last[1])
     return w
 
 
 def _check(
     cfg: ModelConfig,
+    layout: Layout,
     todo: list[Slot],
     found: dict[str, tuple[Path, tuple[int, ...]]],
     ignore: tuple[str, ...],
@@ -342,9 +376,8 @@ def _check(
     if problems:
         more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise WeightsError(
-            f"checkpoint does not match config {cfg.name!r} ({len(problems)} problem(s)):\n  "
-            + "\n  ".join(problems[:20])
-            + more
+            f"checkpoint does not match config {cfg.name!r} read as {layout.describe(cfg)} "
+            f"({len(problems)} problem(s)):\n  " + "\n  ".join(problems[:20]) + more
         )
 
 

@@ -85,6 +85,50 @@ def test_validation_names_the_field(change, field):
         preset("digits-moe").replace(**change)
 
 
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"sliding_window": 0}, "sliding_window"),
+        ({"sliding_window": 4, "causal": False}, "sliding_window"),  # a window is causal
+        ({"expert_capacity": 0}, "expert_capacity"),
+        ({"expert_capacity": 2.5}, "expert_capacity"),
+        ({"dense_d_ff": -1}, "dense_d_ff"),
+        ({"tie_word_embeddings": True, "head": "none"}, "tie_word_embeddings"),
+        ({"qk_norm": 1}, "qk_norm"),
+        ({"norm_topk_prob": "yes"}, "norm_topk_prob"),
+    ],
+)
+def test_validation_of_the_hf_fields(change, field):
+    with pytest.raises(ConfigError, match=f"{field}:"):
+        preset("mixtral-tiny").replace(**change)
+
+
+def test_new_fields_default_to_the_old_behaviour_and_round_trip():
+    m, s = preset("mixtral-tiny"), preset("switch-base-8")
+    assert m.norm_topk_prob is True and s.norm_topk_prob is False  # resolved from the arch
+    q = m.replace(arch="qwen3_moe", norm_topk_prob=None)
+    assert q.norm_topk_prob is False  # transformers' Qwen3-MoE default
+    for c in (m, s):
+        assert (c.sliding_window, c.expert_capacity, c.dense_d_ff) == (None, None, None)
+        assert not c.tie_word_embeddings and not c.qk_norm and c.d_ff_dense == c.d_ff
+    full = m.replace(
+        arch="qwen3_moe",
+        sliding_window=4,
+        expert_capacity=3,
+        tie_word_embeddings=True,
+        norm_topk_prob=False,
+        qk_norm=True,
+        dense_d_ff=40,
+        moe_layers=(1,),
+    )
+    assert ModelConfig.from_json(full.to_json()) == full and full.d_ff_dense == 40
+    # a config saved before these fields existed (the bundled model's) still loads
+    old = {k: v for k, v in preset("digits-moe").to_dict().items() if k != "sliding_window"}
+    for k in ("expert_capacity", "tie_word_embeddings", "norm_topk_prob", "qk_norm", "dense_d_ff"):
+        del old[k]
+    assert ModelConfig.from_dict(old) == preset("digits-moe")
+
+
 def test_tokens_need_a_vocabulary():
     with pytest.raises(ConfigError, match="vocab_size"):
         preset("switch-base-8").replace(vocab_size=None)
