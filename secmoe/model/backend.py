@@ -14,7 +14,14 @@ from secmoe.model.config import ModelConfig
 from secmoe.model.weights import Norm
 from secmoe.ops import approx
 
-__all__ = ["FloatOps", "Ops"]
+__all__ = ["FloatOps", "Ops", "swap_halves"]
+
+
+def swap_halves(x: np.ndarray) -> np.ndarray:
+    """The last axis with its two halves exchanged (rotate-half without the sign): a public
+    permutation, so it applies to each party's shares locally."""
+    half = x.shape[-1] // 2
+    return np.concatenate([x[..., half:], x[..., :half]], axis=-1)
 
 
 class Ops:
@@ -65,8 +72,15 @@ class Ops:
         """Softmax over the last axis; entries where ``mask`` is False get 0."""
         raise NotImplementedError
 
-    def norm(self, x: np.ndarray, p: Norm, cfg: ModelConfig) -> np.ndarray:
-        """``cfg.norm`` over the last axis with parameters p."""
+    def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        """Rotary embedding of x (…, T, d_head) with the public tables of
+        :func:`secmoe.model.reference.rope_tables`:
+        x·cos + swap_halves(x)·sin (the sign of rotate-half is folded into ``sin``)."""
+        raise NotImplementedError
+
+    def norm(self, x: np.ndarray, p: Norm, cfg: ModelConfig, kind: str | None = None) -> np.ndarray:
+        """``kind`` (default ``cfg.norm``) over the last axis with parameters p, ε =
+        ``cfg.norm_eps`` and the fixed-point rsqrt range ``cfg.norm_range``."""
         raise NotImplementedError
 
     def mean(self, x: np.ndarray, axis: int) -> np.ndarray:
@@ -145,12 +159,16 @@ class FloatOps(Ops):
         e = np.exp(z - z.max(axis=-1, keepdims=True))
         return e / e.sum(axis=-1, keepdims=True)
 
-    def norm(self, x: np.ndarray, p: Norm, cfg: ModelConfig) -> np.ndarray:
+    def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        return x * cos + swap_halves(x) * sin
+
+    def norm(self, x: np.ndarray, p: Norm, cfg: ModelConfig, kind: str | None = None) -> np.ndarray:
+        kind = kind or cfg.norm
         if self.approx:
-            if cfg.norm == "layernorm":
+            if kind == "layernorm":
                 return approx.layernorm(x, p.weight, p.bias, cfg.norm_eps, cfg.norm_range)
             return approx.rmsnorm(x, p.weight, cfg.norm_eps, cfg.norm_range)
-        if cfg.norm == "layernorm":
+        if kind == "layernorm":
             x = x - x.mean(axis=-1, keepdims=True)
         y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + cfg.norm_eps) * p.weight
         return y if p.bias is None else y + p.bias

@@ -7,7 +7,9 @@ and applies exactly the approximations of the secure operators (:mod:`secmoe.ops
 * client inputs and all weights are encoded round(v·2^f); embeddings are encoded rows;
 * ``linear``: x·W accumulated exactly in the ring, truncated once (floor shift by f), + enc(b);
 * elementwise and matrix products of two activations: one truncation per output element;
-* products with public constants (attention scale, rotary tables): one truncation;
+* products with public constants (attention scale): one truncation; rotary embeddings
+  (public tables, :func:`~secmoe.model.reference.rope_tables`): x·enc(cos) +
+  swap_halves(x)·enc(sin) accumulated exactly, then one truncation;
 * ReLU/GeLU/SiLU: :data:`~secmoe.ops.approx.RELU`, :data:`~secmoe.ops.approx.GELU`,
   :data:`~secmoe.ops.approx.SILU` by select-then-compute (``evaluate_fixed``);
 * softmax: exact max, :func:`~secmoe.ops.approx.exp_neg_fixed`,
@@ -25,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from secmoe.crypto.ring import DEFAULT_RING, Ring
-from secmoe.model.backend import Ops
+from secmoe.model.backend import Ops, swap_halves
 from secmoe.model.config import ModelConfig
 from secmoe.model.reference import Output, run
 from secmoe.model.weights import ModelWeights, Norm
@@ -88,8 +90,11 @@ class FixedOps(Ops):
     def softmax(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         return approx.softmax_fixed(x, self.ring, mask, self.n_iter)
 
-    def norm(self, x: np.ndarray, p: Norm, cfg: ModelConfig) -> np.ndarray:
-        if cfg.norm == "layernorm":
+    def rope(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        return self._trunc(x * self._enc(cos) + swap_halves(x) * self._enc(sin))
+
+    def norm(self, x: np.ndarray, p: Norm, cfg: ModelConfig, kind: str | None = None) -> np.ndarray:
+        if (kind or cfg.norm) == "layernorm":
             return approx.layernorm_fixed(
                 x, self.ring, p.weight, p.bias, cfg.norm_eps, cfg.norm_range, self.n_iter
             )
@@ -112,7 +117,7 @@ def run_fixed(
     weights: ModelWeights,
     inputs: np.ndarray,
     ring: Ring = DEFAULT_RING,
-    capacity: bool | int = False,
+    capacity: bool | int | None = None,
     gelu: approx.PiecewisePolynomial = approx.GELU,
 ) -> Output:
     """Fixed-point emulation of :func:`~secmoe.model.reference.run` (decoded output, routing)."""

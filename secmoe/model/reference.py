@@ -5,13 +5,19 @@ The model structure is written once, over an arithmetic backend (:mod:`secmoe.mo
 approximations) and the fixed-point emulation :class:`secmoe.model.fixed.FixedOps`. A secure
 runner that mirrors these calls operator by operator is comparable term by term.
 
+Attention: q, k, v projections; with ``qk_norm`` a per-head RMSNorm of q and k (Qwen3); rotary
+embeddings at positions 0..T−1 (:func:`rope_tables`); GQA by repeating k, v; scores (scaled by
+1/√d_k if configured, plus T5's relative bias) masked by :func:`attention_mask` (causal, with
+an optional sliding window); softmax; the output projection.
+
 Routing (see :mod:`secmoe.model.config`): router logits l = x·Wr on the normed hidden state;
-``arch="switch"``: the top-k experts by logit, gate = softmax(l) at each chosen expert (top-1:
-the Switch rule); ``arch="mixtral"``: gates = softmax over the k chosen logits (Mixtral's
-renormalized top-2). Ties go to the lower expert index. With ``capacity=True`` each expert
-takes at most C = ``config.capacity(T)`` (or ``capacity=C``) tokens per sequence, in token
-order; a dropped
-assignment contributes 0 (the residual carries the token), the others keep their gates.
+the top-k experts by logit; gates = softmax over the k chosen logits when
+``norm_topk_prob`` (Mixtral, Qwen3 with renormalisation: the renormalised top-k probabilities),
+else softmax(l) at each chosen expert (top-1: the Switch rule). Ties go to the lower expert
+index. Capacity (:func:`capacity_of`): by default the model's own, ``config.expert_capacity``
+(none: nothing dropped); each expert takes at most C tokens per sequence, the first in token
+order (transformers' Switch); a dropped assignment contributes 0 (the residual carries the
+token), the others keep their gates.
 """
 
 from __future__ import annotations
@@ -31,12 +37,14 @@ __all__ = [
     "Ops",
     "Output",
     "Routing",
+    "attention_mask",
     "capacity_mask",
     "forward",
     "measure_ranges",
     "moe_forward",
     "predict",
     "relative_position_buckets",
+    "rope_tables",
     "routing",
     "run",
 ]
@@ -97,20 +105,30 @@ def relative_position_buckets(
     return out + np.where(n < exact, n, np.minimum(large, nb - 1))
 
 
-def _rope_tables(cfg: ModelConfig, t: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and signed sin tables (T, d_head) for rotary embeddings (HF's rotate-half form)."""
+def rope_tables(cfg: ModelConfig, t: int) -> tuple[np.ndarray, np.ndarray]:
+    """Public rotary tables (cos, sin), each (t, d_head), for positions 0..t−1 in transformers'
+    rotate-half form: angle(p, i) = p·θ^(−2i/d_head) for i < d_head/2, repeated on the second
+    half; ``sin`` carries rotate-half's sign (−sin on the first half, +sin on the second), so
+    RoPE(x) = x·cos + swap_halves(x)·sin (:meth:`Ops.rope`)."""
     dk = cfg.d_head
     inv = 1.0 / cfg.rope_theta ** (np.arange(0, dk, 2) / dk)
     ang = np.arange(t)[:, None] * inv[None, :]
     cos = np.concatenate([np.cos(ang), np.cos(ang)], axis=-1)
-    sin = np.concatenate([-np.sin(ang), np.sin(ang)], axis=-1)  # sign of rotate_half folded in
+    sin = np.concatenate([-np.sin(ang), np.sin(ang)], axis=-1)
     return cos, sin
 
 
-def _rope(ops: Ops, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    half = x.shape[-1] // 2
-    swapped = np.concatenate([x[..., half:], x[..., :half]], axis=-1)
-    return ops.add(ops.mul_public(x, cos), ops.mul_public(swapped, sin))
+def attention_mask(cfg: ModelConfig, t: int) -> np.ndarray | None:
+    """The public (T, T) mask of the attention scores (True = query i sees key j), ``None`` for
+    full attention. Causal: j ≤ i; with ``sliding_window`` W also i − j < W (transformers'
+    ``sliding_window_overlay``: kv_idx > q_idx − W)."""
+    if not cfg.causal:
+        return None
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    keep = j <= i
+    if cfg.sliding_window is not None:
+        keep &= i - j < cfg.sliding_window
+    return keep
 
 
 def _attention(ops: Ops, x: np.ndarray, w: Any, cfg: ModelConfig, ctx: dict) -> np.ndarray:
@@ -122,8 +140,11 @@ def _attention(ops: Ops, x: np.ndarray, w: Any, cfg: ModelConfig, ctx: dict) -> 
 
     q = heads(ops.linear(x, w.wq), h)
     k, v = heads(ops.linear(x, w.wk), hkv), heads(ops.linear(x, w.wv), hkv)
+    if cfg.qk_norm:  # per head, before RoPE (Qwen3)
+        q = ops.norm(q, Norm(w.q_norm), cfg, "rmsnorm")
+        k = ops.norm(k, Norm(w.k_norm), cfg, "rmsnorm")
     if "rope" in ctx:
-        q, k = _rope(ops, q, *ctx["rope"]), _rope(ops, k, *ctx["rope"])
+        q, k = ops.rope(q, *ctx["rope"]), ops.rope(k, *ctx["rope"])
     if hkv < h:
         k, v = np.repeat(k, h // hkv, axis=1), np.repeat(v, h // hkv, axis=1)
     s = ops.matmul(q, k.transpose(0, 1, 3, 2))  # (B, H, T, T)
@@ -143,9 +164,15 @@ def _ffn(ops: Ops, x: np.ndarray, w: FFN, kind: str) -> np.ndarray:
     return ops.linear(y, w.w2)
 
 
-def capacity_of(cfg: ModelConfig, tokens: int, capacity: bool | int) -> int:
-    """C for ``capacity=True`` (the config's factor) or an explicit integer capacity."""
-    return cfg.capacity(tokens) if capacity is True else int(capacity)
+def capacity_of(cfg: ModelConfig, tokens: int, capacity: bool | int | None) -> int:
+    """The per-sequence capacity C in [1, T] (C = T drops nothing) for the ``capacity``
+    argument of :func:`run`: None = the model's own (``cfg.expert_capacity``, none: no drop),
+    False = no capacity, True = the config's factor (``cfg.capacity(T)``), an int = that C."""
+    if capacity is None:
+        capacity = False if cfg.expert_capacity is None else cfg.expert_capacity
+    if capacity is False:
+        return tokens
+    return min(cfg.capacity(tokens) if capacity is True else int(capacity), tokens)
 
 
 def capacity_mask(experts: np.ndarray, n_experts: int, capacity: int) -> np.ndarray:
@@ -163,7 +190,7 @@ def moe_forward(
     w: MoE,
     cfg: ModelConfig,
     layer: int = 0,
-    capacity: bool | int = False,
+    capacity: bool | int | None = None,
 ) -> tuple[np.ndarray, Routing]:
     """One MoE FFN on normed hidden states x (B, T, d): route, run each token's expert(s),
     scale by the gates, sum. Returns the output (B, T, d) (before the residual) and routing."""
@@ -172,15 +199,11 @@ def moe_forward(
     logits = ops.linear(x, w.router)  # (B, T, E)
     idx = ops.topk(logits, k)
     probs = ops.softmax(logits)
-    if cfg.arch == "mixtral":
+    if cfg.norm_topk_prob:
         gates = ops.softmax(np.take_along_axis(logits, idx, axis=-1))
     else:
         gates = np.take_along_axis(probs, idx, axis=-1)
-    kept = (
-        capacity_mask(idx, cfg.n_experts, capacity_of(cfg, t, capacity))
-        if capacity
-        else np.ones_like(idx, dtype=bool)
-    )
+    kept = capacity_mask(idx, cfg.n_experts, capacity_of(cfg, t, capacity))
     flat_x, flat_idx = x.reshape(b * t, d), idx.reshape(b * t, k)
     flat_gate, flat_kept = gates.reshape(b * t, k), kept.reshape(b * t, k)
     out = ops.zeros((b * t, d))
@@ -221,13 +244,14 @@ def run(
     weights: ModelWeights,
     inputs: np.ndarray,
     ops: Ops | None = None,
-    capacity: bool | int = False,
+    capacity: bool | int | None = None,
 ) -> Output:
     """Forward pass over a batch (or one sequence) with backend ``ops`` (default exact float).
 
     ``inputs``: token ids (B, T) / (T,), or patch features (B, T, patch_dim) / (T, patch_dim).
     Returns the decoded output ((B, n_classes), (B, T, vocab) or (B, T, d_model); without the
     batch axis for a single sequence) and the routing of each MoE layer (always batched).
+    ``capacity``: the MoE layers' capacity, see :func:`capacity_of` (default: the model's own).
     """
     cfg = weights.config
     ops = ops or FloatOps()
@@ -246,9 +270,8 @@ def run(
         )
         ctx["bias"] = weights.rel_bias[buckets].transpose(2, 0, 1)  # (H, T, T)
     if cfg.position == "rope":
-        ctx["rope"] = _rope_tables(cfg, t)
-    if cfg.causal:
-        ctx["mask"] = np.tril(np.ones((t, t), dtype=bool))
+        ctx["rope"] = rope_tables(cfg, t)
+    ctx["mask"] = attention_mask(cfg, t)
     routings = []
     for i, layer in enumerate(weights.layers):
         h = ops.add(h, _attention(ops, ops.norm(h, layer.attn_norm, cfg), layer.attn, cfg, ctx))
@@ -285,12 +308,12 @@ class _RangeOps(FloatOps):
     def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return self._seen(super().matmul(a, b))
 
-    def norm(self, x: np.ndarray, p: Norm, cfg: ModelConfig) -> np.ndarray:
-        c = x - x.mean(axis=-1, keepdims=True) if cfg.norm == "layernorm" else x
+    def norm(self, x: np.ndarray, p: Norm, cfg: ModelConfig, kind: str | None = None) -> np.ndarray:
+        c = x - x.mean(axis=-1, keepdims=True) if (kind or cfg.norm) == "layernorm" else x
         ms = np.mean(c * c, axis=-1) + cfg.norm_eps
         self.stats["norm_min"] = min(self.stats["norm_min"], float(ms.min()))
         self.stats["norm_max"] = max(self.stats["norm_max"], float(ms.max()))
-        return super().norm(x, p, cfg)
+        return super().norm(x, p, cfg, kind)
 
     def softmax(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         keep = np.ones(x.shape, bool) if mask is None else np.broadcast_to(mask, x.shape)
@@ -309,13 +332,15 @@ def measure_ranges(weights: ModelWeights, inputs: np.ndarray) -> dict[str, float
     return dict(ops.stats)
 
 
-def forward(weights: ModelWeights, inputs: np.ndarray, capacity: bool | int = False) -> np.ndarray:
+def forward(
+    weights: ModelWeights, inputs: np.ndarray, capacity: bool | int | None = None
+) -> np.ndarray:
     """Exact float forward pass (see :func:`run`): the model output only."""
     return run(weights, inputs, capacity=capacity).output
 
 
 def routing(
-    weights: ModelWeights, inputs: np.ndarray, capacity: bool | int = False
+    weights: ModelWeights, inputs: np.ndarray, capacity: bool | int | None = None
 ) -> list[Routing]:
     """Routing inspection: per MoE layer, the expert(s) of each token with gate values."""
     return run(weights, inputs, capacity=capacity).routing

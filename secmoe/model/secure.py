@@ -11,11 +11,22 @@ output can be compared with the float reference and with the fixed-point emulati
 - input: the client's patch features (or one-hot tokens) are fixed-point encoded and shared;
 - linear layers with the server's weights: HE (:mod:`secmoe.ops.linear`); the server adds its
   biases and position embeddings to its own share (no communication);
-- attention: secret × secret products (HE), softmax (:mod:`secmoe.ops.softmax`), the server
-  adds the relative-position bias to its share of the scores;
+- attention: q, k, v by HE; with ``qk_norm`` a per-head RMSNorm of q and k
+  (:mod:`secmoe.ops.norm`, the server's weights); rotary embeddings at positions 0..T−1: the
+  cos/sin tables are public, so x·cos + swap_halves(x)·sin is a local linear map on each
+  party's shares, followed by one truncation (q and k together); GQA by repeating k, v;
+  secret × secret products (HE); the server adds the relative-position bias to its share of
+  the scores; softmax (:mod:`secmoe.ops.softmax`) under the public causal / sliding-window mask
+  (:func:`secmoe.model.reference.attention_mask`);
 - norms (:mod:`secmoe.ops.norm`) with the server's γ, β;
 - FFN: dense, or MoE with a chosen strategy (:mod:`secmoe.ops.moe`);
-- head: mean over tokens (division by the public length), the classifier.
+- head: mean over tokens (division by the public length), the classifier; or the LM head (a
+  tied head is the embedding matrix, resolved when the weights are loaded).
+
+Every :class:`~secmoe.model.config.ModelConfig` field is declared in :data:`SECURE_SUPPORT`
+with how this runner honours it; :func:`check_supported` (called first by
+:func:`secure_forward`) refuses, with :class:`UnsupportedFeature` naming the feature, a config
+with an undeclared field or a feature this runner would not compute exactly.
 
 Every layer runs on its own fork (``layer{i}/attn``, ``layer{i}/moe``, …), so the transcript
 and ``ch.stats.by_path()`` attribute bytes and rounds per layer.
@@ -27,22 +38,25 @@ chosen, which reveals every token's expert to both parties.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..ops.activations import activation
-from ..ops.linear import linear, matmul
-from ..ops.moe import ExpertWeights, MoESpec, check_strategy, moe
+from ..ops.linear import linear, linear_fused, matmul
+from ..ops.moe import ExpertWeights, MoESpec, check_capacity, check_strategy, moe
 from ..ops.norm import layernorm, rmsnorm
 from ..ops.softmax import softmax
 from ..protocols import arith
 from ..protocols.party import Party
 from ..protocols.shares import mul_public, reveal, share
+from .backend import swap_halves
 from .config import ModelConfig
-from .reference import relative_position_buckets
-from .weights import FFN, ModelWeights, MoE, Norm
+from .reference import attention_mask, relative_position_buckets, rope_tables
+from .weights import FFN, Attention, ModelWeights, MoE, Norm
 
 _ACT = {"relu": "relu", "gelu": "gelu", "gated-gelu": "gelu", "swiglu": "silu"}
 Progress = Callable[[str], None]
@@ -50,18 +64,104 @@ Progress = Callable[[str], None]
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Public options of a secure run (both parties must agree: they are in the handshake)."""
+    """Public options of a secure run (both parties must agree: they are in the handshake).
+
+    Capacity (every strategy honours it, see :mod:`secmoe.ops.moe`): by default the model's
+    own (``cfg.expert_capacity`` per sequence; none for Mixtral and Qwen3-MoE: nothing is
+    dropped). An explicit ``capacity`` C (or else ``capacity_factor`` cf, C = ⌈cf·k·T/E⌉)
+    replaces it and may drop tokens the model keeps; a C beyond T means T (nothing to drop).
+    Raises ``ValueError`` for an unknown strategy, a capacity that is not an integer ≥ 1 or a
+    factor that is not a finite number > 0.
+    """
 
     strategy: str = "select"
-    capacity_factor: float | None = None  # dispatch: None = the config's
-    capacity: int | None = None  # dispatch: an explicit C per sequence (overrides the factor)
+    capacity_factor: float | None = None  # None: the model's capacity
+    capacity: int | None = None  # an explicit C per sequence (overrides the factor)
 
     def __post_init__(self) -> None:
         check_strategy(self.strategy)
-        if self.capacity is not None and self.capacity < 1:
-            raise ValueError("capacity must be ≥ 1")
-        if self.capacity_factor is not None and self.capacity_factor <= 0:
-            raise ValueError("capacity factor must be positive")
+        check_capacity(self.capacity, self.capacity_factor)
+
+    @property
+    def explicit_capacity(self) -> bool:
+        """Whether the run's capacity was asked for (rather than the model's own)."""
+        return self.capacity is not None or self.capacity_factor is not None
+
+
+#: How the secure runner honours each ModelConfig field (tests check that this covers every
+#: field, so a new field cannot be silently ignored; :func:`check_supported` refuses a config
+#: carrying an undeclared one).
+SECURE_SUPPORT: dict[str, str] = {
+    "name": "a label (messages only)",
+    "arch": "a family label: its behaviour is carried by the fields below (causal, position, "
+    "qk_norm, norm_topk_prob, …), which this runner honours one by one",
+    "d_model": "shapes of every linear layer and share",
+    "n_heads": "the attention heads",
+    "n_layers": "the number of blocks",
+    "d_ff": "the experts' hidden size (moe_spec)",
+    "n_experts": "the MoE layers' experts (moe_spec)",
+    "top_k": "the experts per token (moe_spec: secure top-k)",
+    "moe_layers": "which blocks run the secure MoE layer, the others a dense FFN",
+    "ffn": "the activation (ops.activations) and the gated product",
+    "norm": "layernorm or rmsnorm on shares (ops.norm)",
+    "seq_len": "the longest sequence secure_forward accepts",
+    "input": "tokens (one-hot × embedding by HE) or patches (HE linear + the server's bias)",
+    "vocab_size": "the one-hot width and the LM head's output",
+    "patch_dim": "the patch features' width",
+    "head": "classifier (mean, linear, bias), lm (linear) or none",
+    "n_classes": "the classifier's output",
+    "head_dim": "the per-head dimension",
+    "n_kv_heads": "grouped-query attention (k, v repeated per group)",
+    "position": "relative (the server adds the bias), learned (the server adds the rows), "
+    "rope (public tables, a local linear map on shares + one truncation) or none",
+    "rel_buckets": "the relative-position buckets (public)",
+    "rel_max_distance": "the relative-position buckets (public)",
+    "rope_theta": "the rotary tables (public)",
+    "scale_attention": "1/√d_k as a public fixed-point constant + one truncation",
+    "causal": "the softmax's public mask",
+    "sliding_window": "the softmax's public mask (i − j < W)",
+    "norm_eps": "ε of every norm on shares",
+    "capacity_factor": "not part of the model's function (the plaintext reference's "
+    "capacity=True only): a run's factor comes from its RunOptions",
+    "expert_capacity": "the model's own capacity, every strategy (moe_spec; checked)",
+    "tie_word_embeddings": "resolved at loading: ModelWeights.head is the embedding, the LM "
+    "head is the same HE linear",
+    "norm_topk_prob": "the gate rule (moe_spec norm_topk; checked)",
+    "qk_norm": "per-head RMSNorm of q and k on shares before RoPE",
+    "dense_d_ff": "the dense FFN's hidden size",
+    "norm_range": "the rsqrt range of every norm on shares",
+}
+
+
+class UnsupportedFeature(ValueError):
+    """A model feature the secure runner cannot compute exactly (the message names it)."""
+
+
+def check_supported(cfg: ModelConfig, options: RunOptions = RunOptions()) -> None:
+    """Raise :class:`UnsupportedFeature` unless the secure runner computes ``cfg``'s model
+    exactly (as the fixed-point emulation does, up to the truncation protocols' ulps): every
+    config field must be declared in :data:`SECURE_SUPPORT`, and the secure MoE layer
+    (:func:`moe_spec`) must carry the config's gate rule and, unless the run asks for another,
+    the model's own capacity."""
+    for f in dataclasses.fields(cfg):
+        if f.name not in SECURE_SUPPORT:
+            raise UnsupportedFeature(
+                f"{cfg.name}: config field {f.name!r} has no secure implementation declared "
+                "(secmoe.model.secure.SECURE_SUPPORT); refusing to run without it"
+            )
+    if not cfg.moe_layers:
+        return
+    spec = moe_spec(cfg, options)
+    if spec.norm_topk != cfg.norm_topk_prob:
+        raise UnsupportedFeature(
+            f"{cfg.name}: norm_topk_prob={cfg.norm_topk_prob} but the secure MoE layer's gates "
+            f"would use norm_topk={spec.norm_topk}"
+        )
+    if not options.explicit_capacity and spec.capacity != cfg.expert_capacity:
+        raise UnsupportedFeature(
+            f"{cfg.name}: expert_capacity={cfg.expert_capacity} but the secure MoE layer would "
+            f"run with capacity {spec.capacity}"
+        )
 
 
 def _server(p: Party, value: object) -> object:
@@ -84,13 +184,23 @@ async def _norm(p: Party, x: np.ndarray, n: Norm | None, cfg: ModelConfig) -> np
     return await rmsnorm(p, x, weight, cfg.norm_eps, cfg.norm_range)
 
 
+async def _rope(p: Party, x: np.ndarray, tables: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Shares of :meth:`FixedOps.rope <secmoe.model.fixed.FixedOps.rope>` (±1 ulp): the
+    public tables are encoded, x·enc(cos) + swap_halves(x)·enc(sin) is local on each share,
+    then one truncation. Cost: one :func:`~secmoe.protocols.arith.trunc` per element."""
+    cos, sin = (p.ring.to_signed(p.ring.encode(c)) for c in tables)
+    y = mul_public(p.ring, x, cos) + mul_public(p.ring, swap_halves(x), sin)
+    return await arith.trunc(p, p.ring.reduce(y))
+
+
 async def _attention(
     p: Party,
     x: np.ndarray,
-    w: object,
+    w: Attention | None,
     cfg: ModelConfig,
     bias: np.ndarray | None,
     mask: np.ndarray | None,
+    rope: tuple[np.ndarray, np.ndarray] | None,
 ) -> np.ndarray:
     b, t, _ = x.shape
     h, hkv, dk = cfg.n_heads, cfg.kv_heads, cfg.d_head
@@ -99,9 +209,17 @@ async def _attention(
     def heads(y: np.ndarray, n: int) -> np.ndarray:
         return y.reshape(b, t, n, dk).transpose(0, 2, 1, 3)
 
-    q = heads(await linear(p.fork("q"), flat, w and w.wq, h * dk), h)
-    k = heads(await linear(p.fork("k"), flat, w and w.wk, hkv * dk), hkv)
-    v = heads(await linear(p.fork("v"), flat, w and w.wv, hkv * dk), hkv)
+    qkv = w and [w.wq, w.wk, w.wv]  # one HE product: the client's input is sent once
+    q, k, v = await linear_fused(p.fork("qkv"), flat, qkv, [h * dk, hkv * dk, hkv * dk])
+    q, k, v = heads(q, h), heads(k, hkv), heads(v, hkv)
+    if cfg.qk_norm:  # per head, before RoPE (Qwen3)
+        q, k = await asyncio.gather(
+            rmsnorm(p.fork("q_norm"), q, w and w.q_norm, cfg.norm_eps, cfg.norm_range),
+            rmsnorm(p.fork("k_norm"), k, w and w.k_norm, cfg.norm_eps, cfg.norm_range),
+        )
+    if rope is not None:  # q and k in one truncation batch
+        qk = await _rope(p.fork("rope"), np.concatenate([q, k], axis=1), rope)
+        q, k = qk[:, :h], qk[:, h:]
     if hkv < h:
         k, v = np.repeat(k, h // hkv, axis=1), np.repeat(v, h // hkv, axis=1)
     s = await matmul(p.fork("qk"), q, k.transpose(0, 1, 3, 2))  # (B, H, T, T)
@@ -116,25 +234,27 @@ async def _attention(
 
 
 async def _ffn(p: Party, x: np.ndarray, w: FFN | None, cfg: ModelConfig) -> np.ndarray:
-    y = await linear(p.fork("w1"), x, w and w.w1, cfg.d_ff)
+    """The dense FFN (hidden size ``cfg.d_ff_dense``)."""
+    y = await linear(p.fork("w1"), x, w and w.w1, cfg.d_ff_dense)
     y = await activation(p.fork("act"), y, _ACT[cfg.ffn])
     if cfg.gated:
-        g = await linear(p.fork("v"), x, w and w.v, cfg.d_ff)
+        g = await linear(p.fork("v"), x, w and w.v, cfg.d_ff_dense)
         y = await arith.mul_fixed(p.fork("glu"), y, g)
     return await linear(p.fork("w2"), y, w and w.w2, cfg.d_model)
 
 
 def moe_spec(cfg: ModelConfig, options: RunOptions = RunOptions()) -> MoESpec:
-    """The public shape of the config's MoE layers (capacity from the run options)."""
+    """The public shape of the config's MoE layers: the gate rule from ``cfg.norm_topk_prob``;
+    the capacity asked for in the run options, else the model's own (``cfg.expert_capacity``)."""
     return MoESpec(
         cfg.d_model,
         cfg.d_ff,
         cfg.n_experts,
         cfg.top_k,
         cfg.ffn,
-        "mixtral" if cfg.arch == "mixtral" else "switch",
-        options.capacity_factor or cfg.capacity_factor,
-        options.capacity,
+        norm_topk=cfg.norm_topk_prob,
+        capacity=options.capacity if options.explicit_capacity else cfg.expert_capacity,
+        capacity_factor=options.capacity_factor,
     )
 
 
@@ -180,10 +300,18 @@ async def secure_forward(
     Returns:
         the decoded model output on the client (as :func:`secmoe.model.reference.run`'s),
         ``None`` on the server.
+
+    Raises:
+        UnsupportedFeature: ``cfg`` has a feature this runner cannot compute exactly
+            (:func:`check_supported`), before any message.
+        ValueError: roles and arguments do not match, or T is outside [1, ``cfg.seq_len``].
     """
+    check_supported(cfg, options)
     if (weights is None) != (p.role == "client") or (inputs is None) != (p.role == "server"):
         raise ValueError("the server passes the weights, the client passes the input")
     b, t = shape
+    if not 1 <= t <= cfg.seq_len:
+        raise ValueError(f"{cfg.name}: sequence length {t} outside [1, {cfg.seq_len}]")
     w = weights
     x = await _encode_input(p, cfg, inputs, shape)
     flat = x.reshape(b * t, -1)
@@ -201,12 +329,13 @@ async def secure_forward(
             t, t, not cfg.causal, cfg.rel_buckets, cfg.rel_max_distance
         )
         bias = w.rel_bias[buckets].transpose(2, 0, 1)
-    mask = np.tril(np.ones((t, t), dtype=bool)) if cfg.causal else None
+    mask = attention_mask(cfg, t)
+    rope = rope_tables(cfg, t) if cfg.position == "rope" else None
     for i in range(cfg.n_layers):
         layer = w.layers[i] if w is not None else None
         f = p.fork(f"layer{i}")
         a = await _norm(f.fork("attn_norm"), h, layer and layer.attn_norm, cfg)
-        att = await _attention(f.fork("attn"), a, layer and layer.attn, cfg, bias, mask)
+        att = await _attention(f.fork("attn"), a, layer and layer.attn, cfg, bias, mask, rope)
         h = p.ring.reduce(h + att)
         g = await _norm(f.fork("ffn_norm"), h, layer and layer.ffn_norm, cfg)
         g = g.reshape(b * t, cfg.d_model)
@@ -237,4 +366,12 @@ async def secure_forward(
     return None if out is None else p.ring.decode(out)
 
 
-__all__ = ["RunOptions", "add_server_const", "moe_spec", "secure_forward"]
+__all__ = [
+    "SECURE_SUPPORT",
+    "RunOptions",
+    "UnsupportedFeature",
+    "add_server_const",
+    "check_supported",
+    "moe_spec",
+    "secure_forward",
+]

@@ -9,14 +9,16 @@ from secmoe.model.config import preset
 from secmoe.model.fixed import FixedOps, run_fixed
 from secmoe.model.reference import (
     FloatOps,
+    attention_mask,
     capacity_mask,
     forward,
     moe_forward,
     relative_position_buckets,
+    rope_tables,
     routing,
     run,
 )
-from secmoe.model.weights import FFN, MoE, init_random, load_bundled, load_heldout
+from secmoe.model.weights import FFN, MoE, Norm, init_random, load_bundled, load_heldout
 
 # Measured on the held-out split (359 images) when the model was trained: float accuracy
 # 0.9805, fixed-point 0.9805 (same predictions); max |logit diff| 0.50, caused by 6 of 2872
@@ -180,6 +182,37 @@ def test_relative_position_buckets_known_values():
     assert causal[:16].tolist() == list(range(16)) and causal[17] == 16
 
 
+#: A small Mixtral: GQA (4 query heads on 2 kv heads), RoPE, top-2 of 8.
+MIXTRAL_SMALL = preset("mixtral-tiny").replace(
+    d_model=16, d_ff=24, n_heads=4, n_kv_heads=2, vocab_size=40
+)
+#: A tiny Qwen3-MoE: q/k norms, top-3 of 8 without renormalisation (HF's default), a dense
+#: first layer of its own width (mlp_only_layers), GQA, RoPE with a small θ.
+QWEN3_TINY = MIXTRAL_SMALL.replace(
+    name="qwen3-tiny",
+    arch="qwen3_moe",
+    d_ff=12,
+    dense_d_ff=20,
+    head_dim=8,
+    top_k=3,
+    moe_layers=(1,),
+    rope_theta=100.0,
+    qk_norm=True,
+    norm_topk_prob=False,
+    norm_eps=1e-6,
+)
+
+
+def _with_random_qk_norms(w, seed):
+    """init_random gives q/k norm weights of 1; random ones show they are applied per dim."""
+    rng = np.random.default_rng(seed)
+    for layer in w.layers:
+        if layer.attn.q_norm is not None:
+            layer.attn.q_norm = rng.uniform(0.5, 1.5, layer.attn.q_norm.shape)
+            layer.attn.k_norm = rng.uniform(0.5, 1.5, layer.attn.k_norm.shape)
+    return w
+
+
 def _norm(h, p, cfg):
     if cfg.norm == "layernorm":
         h = h - h.mean(-1, keepdims=True)
@@ -203,6 +236,9 @@ def _direct_forward(w, seq):
             q = a @ layer.attn.wq[:, hd * dk : (hd + 1) * dk]
             k = a @ layer.attn.wk[:, kv * dk : (kv + 1) * dk]
             v = a @ layer.attn.wv[:, kv * dk : (kv + 1) * dk]
+            if c.qk_norm:  # Qwen3: RMSNorm over the head dim, before RoPE
+                q = _norm(q, Norm(layer.attn.q_norm), c.replace(norm="rmsnorm"))
+                k = _norm(k, Norm(layer.attn.k_norm), c.replace(norm="rmsnorm"))
             if c.position == "rope":  # rotate pairs (i, i + dk/2) by pos·θ^(−2i/dk)
                 half = dk // 2
                 ang = np.arange(t)[:, None] * c.rope_theta ** (-2 * np.arange(half) / dk)
@@ -217,7 +253,11 @@ def _direct_forward(w, seq):
                 )
                 s = s + w.rel_bias[rel, hd]
             if c.causal:
-                s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+                for i in range(t):
+                    for j in range(t):  # HF: causal and kv_idx > q_idx - sliding_window
+                        window = c.sliding_window is None or j > i - c.sliding_window
+                        if not (j <= i and window):
+                            s[i, j] = -np.inf
             p = np.exp(s - s.max(-1, keepdims=True))
             ctx[:, hd * dk : (hd + 1) * dk] = (p / p.sum(-1, keepdims=True)) @ v
         h = h + ctx @ layer.attn.wo
@@ -227,11 +267,9 @@ def _direct_forward(w, seq):
             for i in range(t):
                 lg = f[i] @ layer.ffn.router
                 chosen = np.argsort(-lg, kind="stable")[: c.top_k]
-                if c.arch == "mixtral":
-                    g = np.exp(lg[chosen] - lg[chosen].max())
+                g = (np.exp(lg - lg.max()) / np.exp(lg - lg.max()).sum())[chosen]
+                if c.norm_topk_prob:  # HF: softmax over all, top-k, renormalise
                     g = g / g.sum()
-                else:
-                    g = (np.exp(lg - lg.max()) / np.exp(lg - lg.max()).sum())[chosen]
                 for e, ge in zip(chosen, g, strict=True):
                     y[i] += ge * _ffn_direct(f[i], layer.ffn.expert(e), c.ffn)
         else:
@@ -257,7 +295,7 @@ def _ffn_direct(x, w, kind):
 @pytest.mark.parametrize(
     "cfg",
     [
-        preset("mixtral-tiny").replace(d_model=16, d_ff=24, n_heads=4, n_kv_heads=2, vocab_size=40),
+        MIXTRAL_SMALL,
         preset("switch-base-8").replace(
             d_model=16,
             d_ff=24,
@@ -280,11 +318,21 @@ def _ffn_direct(x, w, kind):
             norm="layernorm",
             top_k=2,
         ),
+        MIXTRAL_SMALL.replace(n_kv_heads=1, rope_theta=30.0, sliding_window=3),
+        QWEN3_TINY,
+        QWEN3_TINY.replace(norm_topk_prob=True, top_k=5, sliding_window=4),
     ],
-    ids=["mixtral", "switch-relu-rms", "switch-gated-ln-top2"],
+    ids=[
+        "mixtral",
+        "switch-relu-rms",
+        "switch-gated-ln-top2",
+        "mixtral-mqa-window",
+        "qwen3",
+        "qwen3-norm-topk-window",
+    ],
 )
 def test_forward_matches_direct_implementation(cfg):
-    w = init_random(cfg, seed=11)
+    w = _with_random_qk_norms(init_random(cfg, seed=11), seed=11)
     ids = np.random.default_rng(11).integers(0, 40, (2, 7))
     got = forward(w, ids)
     for b in range(2):
@@ -296,6 +344,34 @@ def test_bundled_forward_matches_direct_implementation(bundled):
     w, x, _, ref, _ = bundled
     for i in (0, 17, 200):
         assert np.allclose(ref.output[i], _direct_forward(w, x[i].astype(float)), atol=1e-9)
+
+
+def test_attention_mask_causal_and_sliding_window():
+    assert attention_mask(preset("switch-base-8"), 4) is None  # bidirectional
+    causal = preset("mixtral-tiny")
+    assert attention_mask(causal, 4).tolist() == np.tril(np.ones((4, 4), bool)).tolist()
+    # transformers' sliding_window_overlay: key j visible from query i iff j > i − W (and j ≤ i)
+    m = attention_mask(causal.replace(sliding_window=3), 6)
+    assert m[5].tolist() == [False, False, False, True, True, True]
+    assert m[1].tolist() == [True, True, False, False, False, False]
+    assert (m.sum(-1) == [1, 2, 3, 3, 3, 3]).all()
+    assert (attention_mask(causal.replace(sliding_window=1), 5) == np.eye(5, dtype=bool)).all()
+
+
+def test_rope_tables_rotate_pairs_and_the_fixed_point_rope_matches_float():
+    cfg = preset("mixtral-tiny").replace(head_dim=8, rope_theta=100.0)
+    cos, sin = rope_tables(cfg, 6)
+    x = np.random.default_rng(4).normal(0, 2, (2, 3, 6, 8))
+    y = FloatOps().rope(x, cos, sin)
+
+    def pair(v):  # squared norm of each rotated pair (i, i + d/2): a rotation keeps it
+        return v[..., :4] ** 2 + v[..., 4:] ** 2
+
+    assert np.allclose(pair(y), pair(x)) and np.allclose(y[..., 0, :], x[..., 0, :])  # position 0
+    assert not np.allclose(y[..., 1:, :], x[..., 1:, :])
+    fx = FixedOps()
+    got = fx.decode(fx.rope(fx.encode(x), cos, sin))
+    assert np.abs(got - y).max() <= 16 * 2.0**-18  # encoding of x and the tables, one floor
 
 
 def test_fixed_point_emulation_on_a_decoder():

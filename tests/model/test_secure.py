@@ -17,14 +17,18 @@ WEIGHTS = load_bundled()
 X, Y = load_heldout()
 
 
-async def secure_run(x, options, server_view=None, allow_insecure=True, max_batch=64):
+async def secure_run(
+    x, options, server_view=None, allow_insecure=True, max_batch=64, weights=WEIGHTS
+):
+    """One session over the in-memory link, both parties in this process (``weights``: the
+    server's model, the bundled one by default)."""
     cch, sch = memory_pair()
     if server_view is not None:
         sch.session.recorder = lambda ev, payload: server_view.append(ev)
     try:
         res, _ = await run_pair(
             client_session(cch, x, options=options),
-            serve_session(sch, WEIGHTS, allow_insecure=allow_insecure, max_batch=max_batch),
+            serve_session(sch, weights, allow_insecure=allow_insecure, max_batch=max_batch),
             timeout=600,
         )
     finally:
