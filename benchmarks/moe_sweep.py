@@ -90,38 +90,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_one(cfg: dict, timeout: float) -> dict:
-    """One configuration as two processes; the client's JSON result (or the error)."""
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items() if k != "per_token"]
-    args += ["--json", "--no-check", f"--timeout={timeout}"]
+def run_two(cmd: list[str], timeout: float) -> tuple[dict | None, str, float]:
+    """``cmd`` (a ``secmoe bench OP …`` command) as a server and a client process over TCP
+    loopback: the client's JSON result (``None`` on failure), both processes' stderr, the wall
+    seconds. ``timeout`` bounds the whole client run."""
     port = free_port()
     server = subprocess.Popen(
-        [*SECMOE, *args, "--party", "server", "--listen", f"127.0.0.1:{port}"],
+        [*cmd, "--party", "server", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     t0 = time.perf_counter()
     client = subprocess.run(
-        [
-            *SECMOE,
-            *args,
-            "--party",
-            "client",
-            "--connect",
-            f"127.0.0.1:{port}",
-            "--connect-timeout",
-            "60",
-        ],
+        [*cmd, "--party", "client", "--connect", f"127.0.0.1:{port}", "--connect-timeout", "60"],
         capture_output=True,
         text=True,
-        timeout=timeout + 120,
+        timeout=timeout,
     )
     _, serr = server.communicate(timeout=120)
     wall = time.perf_counter() - t0
     if client.returncode or server.returncode:
-        return {"config": cfg, "error": (client.stderr + serr).strip()[-500:], "wall": wall}
-    res = json.loads(client.stdout.strip().splitlines()[-1])
+        return None, (client.stderr + serr).strip()[-800:], wall
+    return json.loads(client.stdout.strip().splitlines()[-1]), serr, wall
+
+
+def run_one(cfg: dict, timeout: float) -> dict:
+    """One configuration as two processes; the client's JSON result (or the error)."""
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items() if k != "per_token"]
+    args += ["--json", "--no-check", f"--timeout={timeout}"]
+    res, err, wall = run_two([*SECMOE, *args], timeout + 120)
+    if res is None:
+        return {"config": cfg, "error": err[-500:], "wall": wall}
     res.update(config=cfg, wall=wall)
     if cfg.get("per_token"):
         res["per_token"] = {

@@ -5,7 +5,14 @@ client's tokens are random too. Setup (OT base OTs, HE keys, the server's weight
 the input sharing) is measured apart; the run is :func:`secmoe.ops.moe.moe`; the check reveals
 the output to the client and compares it with the fixed-point emulation of the same layer
 (:func:`secmoe.model.reference.moe_forward` with :class:`secmoe.model.fixed.FixedOps`), with
-the same capacity semantics for ``dispatch``.
+the same capacity (every strategy honours it) and gate rule.
+
+Capacity: none by default (C = T, nothing dropped: Mixtral, Qwen3-MoE); ``--capacity`` or
+``--capacity-factor`` set one (``select``/``all``/``reveal`` then also pay for the secret drop
+mask when C < T). Gates: ``--norm-topk-prob`` true = renormalised over the top-k (Mixtral),
+false = softmax over all E at the chosen experts (Switch, Qwen3-MoE's default); the default is
+true for k > 1 and false for k = 1. A tiny Qwen3-MoE layer: ``--experts 64 --top-k 8 --ffn
+swiglu --norm-topk-prob false``.
 """
 
 from __future__ import annotations
@@ -43,9 +50,21 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--d-ff", type=int, default=3072)
     p.add_argument("--ffn", choices=FFNS, default="relu")
     p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--capacity-factor", type=float, default=1.25, help="dispatch")
-    p.add_argument("--capacity", type=int, help="dispatch: explicit C (overrides the factor)")
+    p.add_argument(
+        "--norm-topk-prob",
+        choices=("auto", "true", "false"),
+        default="auto",
+        help="gates renormalised over the top-k (auto: true for k > 1, false for k = 1)",
+    )
+    p.add_argument(
+        "--capacity-factor", type=float, help="C = ceil(cf·k·T/E) (default: no capacity, C = T)"
+    )
+    p.add_argument("--capacity", type=int, help="explicit C per expert (overrides the factor)")
     p.add_argument("--no-check", action="store_true", help="skip the plaintext comparison")
+
+
+def _norm_topk(args: argparse.Namespace) -> bool:
+    return args.top_k > 1 if args.norm_topk_prob == "auto" else args.norm_topk_prob == "true"
 
 
 def _spec(args: argparse.Namespace) -> MoESpec:
@@ -55,9 +74,9 @@ def _spec(args: argparse.Namespace) -> MoESpec:
         args.experts,
         args.top_k,
         args.ffn,
-        "mixtral" if args.top_k > 1 else "switch",
-        args.capacity_factor,
-        args.capacity,
+        norm_topk=_norm_topk(args),
+        capacity=args.capacity,
+        capacity_factor=args.capacity_factor,
     )
 
 
@@ -75,10 +94,11 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
             "d_ff",
             "ffn",
             "top_k",
+            "norm_topk_prob",
             "capacity_factor",
             "capacity",
         )
-    }
+    } | {"capacity_ran": _spec(args).capacity_for(args.tokens)}
 
 
 def _weights(args: argparse.Namespace) -> MoE:
@@ -95,25 +115,25 @@ def _weights(args: argparse.Namespace) -> MoE:
     return MoE(mat(d, e), mat(e, d, f), mat(e, f, d), mat(e, d, f) if g else None)
 
 
-def _config(args: argparse.Namespace) -> ModelConfig:
-    arch = "mixtral" if args.top_k > 1 else "switch"
+def layer_config(spec: MoESpec, tokens: int) -> ModelConfig:
+    """A one-layer config whose MoE is ``spec`` (for the plaintext references of the layer)."""
     return ModelConfig(
         name="bench-moe",
-        arch=arch,
-        d_model=args.d_model,
+        arch="mixtral" if spec.top_k > 1 else "switch",
+        d_model=spec.d_model,
         n_heads=1,
         n_layers=1,
-        d_ff=args.d_ff,
-        n_experts=args.experts,
-        top_k=args.top_k,
+        d_ff=spec.d_ff,
+        n_experts=spec.n_experts,
+        top_k=spec.top_k,
         moe_layers=(0,),
-        ffn=args.ffn,
+        ffn=spec.ffn,
         norm="layernorm",
-        seq_len=args.tokens,
+        seq_len=tokens,
         input="patches",
-        patch_dim=args.d_model,
+        patch_dim=spec.d_model,
         position="none",
-        capacity_factor=args.capacity_factor,
+        norm_topk_prob=spec.norm_topk,
     )
 
 
@@ -159,9 +179,9 @@ async def _check(
     got = await reveal(p.fork("check"), out, to="client")
     if p.role != "client":
         return extra
-    cfg, ring = _config(args), p.ring
+    cfg, ring = layer_config(_spec(args), args.tokens), p.ring
     x = st["x_plain"][None]
-    cap = _spec(args).capacity_for(args.tokens) if args.strategy == "dispatch" else False
+    cap = _spec(args).capacity_for(args.tokens)
     want, _ = moe_forward(FixedOps(ring), x, _weights(args), cfg, 0, cap)
     err = np.abs(ring.decode(got) - ring.decode(want[0]))
     return {

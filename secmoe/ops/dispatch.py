@@ -18,6 +18,10 @@ From the secret routing one-hots O (A × E), one row per assignment a = (t, j) i
 Public: T, k, E, C and the FFN kind. Nothing else leaks: the message pattern, the sizes and
 the server's work are the same for every routing and every bucket load, overflow included.
 
+The same positions give the capacity's drop mask for the strategies that do not bucket
+(:func:`kept`: 1{pos_a < C}, one comparison on 16 bits per assignment), so ``select`` and
+``all`` compute the same function as ``dispatch`` under a binding capacity.
+
 REF: Lepikhin et al., GShard (arXiv 2006.16668) and Fedus et al., Switch Transformers (arXiv
 2101.03961) for capacity routing; the oblivious construction is secmoe's.
 """
@@ -26,8 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..protocols.boolean import and_, b2a, bits_of_01, mux
-from ..protocols.compare import equal
+from ..protocols.boolean import and_, b2a, bits_of_01, mux, not_
+from ..protocols.compare import equal, greater_than_public
 from ..protocols.party import Party
 from .linear import matmul
 
@@ -45,19 +49,42 @@ def ideal_dispatch(experts: np.ndarray, n_experts: int, capacity: int) -> np.nda
     return d
 
 
+async def positions(p: Party, onehot: np.ndarray) -> np.ndarray:
+    """Arithmetic shares of each assignment's position in its expert's queue (…, A):
+    pos_a = Σ_e O[a, e]·(P[a, e] − 1) with P = cumsum_a O (step 1 above), from arithmetic shares
+    of the one-hots O (…, A, E); leading axes are independent sequences.
+
+    Who learns what: nothing. Cost: one MUX per one-hot entry (2·A·E COTs of ℓ bits), 1 round.
+    """
+    a = onehot.shape[-2]
+    if a >= 1 << (POSITION_BITS - 1):
+        raise ValueError(f"{a} assignments exceed the position range 2^{POSITION_BITS - 1}")
+    ring = p.ring
+    prefix = np.cumsum(onehot, axis=-2, dtype=np.uint64)  # P[a, e] (shares, local)
+    one = np.uint64(1) if p.role == "client" else np.uint64(0)
+    picked = await mux(p, bits_of_01(onehot), ring.reduce(prefix - one))
+    return ring.reduce(picked.sum(axis=-1, dtype=np.uint64))
+
+
+async def kept(p: Party, onehot: np.ndarray, capacity: int) -> np.ndarray:
+    """Boolean shares (…, A) of 1{pos_a < C}: whether each assignment fits in its expert's
+    capacity C (public), for one-hots O (…, A, E) in token order per sequence (leading axes).
+
+    Who learns what: nothing. Cost: :func:`positions`, then one comparison with the public
+    C − 1 on :data:`POSITION_BITS` bits per assignment (positions are < 2^15).
+    """
+    pos = await positions(p.fork("pos"), onehot)
+    over = await greater_than_public(p.fork("over"), pos, capacity - 1, POSITION_BITS)
+    return not_(p, over)
+
+
 async def dispatch_tensor(p: Party, onehot: np.ndarray, capacity: int) -> np.ndarray:
     """Arithmetic shares of D (…, A, E, C) from arithmetic shares of one-hots O (…, A, E);
     leading axes are independent sequences (capacity is per sequence)."""
     *lead, a, _ = onehot.shape
-    if a >= 1 << (POSITION_BITS - 1):
-        raise ValueError(f"{a} assignments exceed the position range 2^{POSITION_BITS - 1}")
-    ring = p.ring
     o_bits = bits_of_01(onehot)
-    prefix = np.cumsum(onehot, axis=-2, dtype=np.uint64)  # P[a, e] (shares, local)
-    one = np.uint64(1) if p.role == "client" else np.uint64(0)
     # Step 1: pos_a = Σ_e O[a, e]·(P[a, e] − 1)
-    picked = await mux(p.fork("pos"), o_bits, ring.reduce(prefix - one))
-    pos = ring.reduce(picked.sum(axis=-1, dtype=np.uint64))  # (…, A)
+    pos = await positions(p.fork("pos"), onehot)  # (…, A)
     # Step 2: H[a, c] = 1{pos_a = c}, c < C
     shape = (*lead, a, capacity)
     cs = np.arange(capacity, dtype=np.uint64)

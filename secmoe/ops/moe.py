@@ -9,8 +9,19 @@ Routing, common to every strategy (nothing revealed):
 1. router logits ⟨l⟩ = ⟨x⟩·W_r (HE linear);
 2. top-k: shares of the k best logits and of their one-hots O (T, k, E), ties to the lower
    index (:func:`secmoe.protocols.select.topk`);
-3. gates: Switch (top-1) g = softmax(l) at the winner = ⟨O, softmax(l)⟩; Mixtral (top-k)
-   g = softmax over the k best logits.
+3. gates, by :attr:`MoESpec.norm_topk` (the config's ``norm_topk_prob``): False (Switch,
+   Qwen3-MoE's default) g_j = softmax(l) at the j-th expert = ⟨O_j, softmax(l)⟩ (a MUX per
+   entry: O is 0/1); True (Mixtral) g = softmax over the k best logits (= the top-k
+   probabilities renormalised to sum 1). Any k ≤ E (Qwen3-MoE: k = 8).
+4. capacity (:meth:`MoESpec.capacity_for`: C per sequence and expert, public, in [1, T]): when
+   C < T, each expert keeps the first C of its tokens of each sequence in token order and a
+   dropped assignment's gate is 0, so its MoE output is 0 and the residual carries the token
+   (transformers' Switch: ``token_priority = cumsum(one_hot) ≤ expert_capacity`` per sequence,
+   dropped tokens' expert output set to zero). ``dispatch`` drops by construction (a bucket has
+   C rows); ``select``, ``all`` and ``reveal`` multiply the gates by the secret drop mask from the
+   same oblivious in-expert positions (:func:`secmoe.ops.dispatch.kept`), computed concurrently
+   with the experts. When C = T nothing can drop and the mask is skipped (C and T are public,
+   so this leaks nothing).
 
 Strategies (the expert outputs y (T, k, d) = FFN_{e(t, j)}(x_t)):
 
@@ -24,15 +35,21 @@ Strategies (the expert outputs y (T, k, d) = FFN_{e(t, j)}(x_t)):
 - ``dispatch`` — secmoe's oblivious capacity dispatch (:mod:`secmoe.ops.dispatch`): tokens
   go into per-expert buckets of a public capacity C per sequence, every bucket is computed
   full, and the server's work is E·C rows whatever E is. Tokens beyond an expert's capacity
-  are dropped from the MoE output (the residual carries them), as in Switch.
+  are dropped from the MoE output (the residual carries them), as in Switch. For a model
+  without a capacity (Mixtral, Qwen3-MoE) C = T: the buckets hold every token, E·T rows.
 - ``reveal`` — INSECURE: the routing is revealed to both parties and only the chosen experts
   run. A reference point for cost only; it leaks which expert every token uses.
 
 Then out = Σ_j g_j·y_j (secret × secret, truncated).
 
-What each party learns: with ``select`` and ``all``, nothing but the output of the model (the
-client) and nothing at all (the server); the public values are T, d, d_ff, E, k and the FFN
-kind. With ``reveal``, both learn every token's expert(s).
+What each party learns: with ``select``, ``all`` and ``dispatch``, nothing but the output of
+the model (the client) and nothing at all (the server); the public values are T, d, d_ff, E, k,
+the gate rule, C and the FFN kind. With ``reveal``, both learn every token's expert(s).
+
+Cost of routing beyond the router's HE linear: k argmax tournaments over E (top-k), a softmax
+over E (norm_topk False, plus T·k·E MUXes) or over k (True), and, when the capacity binds
+outside ``dispatch``, the drop mask: T·k·E MUXes for the positions, T·k comparisons on 16 bits
+and T·k MUXes.
 
 REF: Shen et al., "SecMoE: Communication-Efficient Secure MoE Inference via
 Select-Then-Compute", arXiv 2601.06790 (the select strategy; gates and top-k > 1 are ours).
@@ -52,7 +69,7 @@ from ..protocols.party import Party
 from ..protocols.select import topk
 from ..protocols.shares import reveal
 from .activations import activation
-from .dispatch import dispatch_tensor, gather_buckets, scatter_outputs
+from .dispatch import dispatch_tensor, gather_buckets, kept, scatter_outputs
 from .linear import linear, linear_batched, matmul, select_linear
 from .softmax import softmax
 
@@ -73,23 +90,27 @@ class MoESpec:
     n_experts: int
     top_k: int
     ffn: str  # relu | gelu | gated-gelu | swiglu
-    gates: str = "switch"  # switch: softmax over all experts; mixtral: over the top-k
-    capacity_factor: float = 1.25  # dispatch: C = ⌈cf·k·T/E⌉ per sequence of T tokens
-    capacity: int | None = None  # dispatch: an explicit C (overrides the factor)
+    norm_topk: bool = False  # gates: softmax over the k chosen logits (True) or over all E
+    capacity: int | None = None  # C per sequence and expert (None: the factor, else no drop)
+    capacity_factor: float | None = None  # C = ⌈cf·k·T/E⌉ when no capacity is given
 
     def capacity_for(self, tokens: int) -> int:
-        """The public capacity C for a sequence of ``tokens`` tokens."""
+        """The public capacity C in [1, T] for a sequence of T = ``tokens`` tokens: the explicit
+        capacity, else ⌈cf·k·T/E⌉, else T (nothing dropped). C ≥ T means C = T: an expert
+        receives at most T assignments of a sequence (a token picks an expert once)."""
         if self.capacity is not None:
-            return self.capacity
-        return max(1, math.ceil(self.capacity_factor * self.top_k * tokens / self.n_experts))
+            return min(self.capacity, tokens)
+        cf = self.capacity_factor
+        if cf is None or cf * self.top_k >= self.n_experts:  # ⌈cf·k·T/E⌉ ≥ T
+            return tokens
+        return max(1, math.ceil(cf * self.top_k * tokens / self.n_experts))
 
     def __post_init__(self) -> None:
         if self.ffn not in _ACT:
             raise ValueError(f"unknown FFN kind {self.ffn!r}")
         if not 1 <= self.top_k <= self.n_experts:
             raise ValueError(f"top_k must be in [1, {self.n_experts}]")
-        if self.gates not in ("switch", "mixtral"):
-            raise ValueError(f"gates must be 'switch' or 'mixtral', not {self.gates!r}")
+        check_capacity(self.capacity, self.capacity_factor)
 
     @property
     def gated(self) -> bool:
@@ -117,13 +138,37 @@ def check_strategy(strategy: str) -> None:
         raise ValueError(f"unknown MoE strategy {strategy!r}; choose from {STRATEGIES}")
 
 
+def check_capacity(capacity: object, factor: object) -> None:
+    """Raise ``ValueError`` unless ``capacity`` is None or an integer ≥ 1 and ``factor`` is None
+    or a finite number > 0 (values beyond T are fine: they mean C = T)."""
+    if capacity is not None and (
+        isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 1
+    ):
+        raise ValueError(f"capacity must be an integer ≥ 1, got {shown(capacity)}")
+    if factor is not None and (
+        isinstance(factor, bool)
+        or not isinstance(factor, int | float | np.integer | np.floating)
+        or (isinstance(factor, float | np.floating) and not math.isfinite(factor))
+        or factor <= 0
+    ):
+        raise ValueError(f"capacity factor must be a finite number > 0, got {shown(factor)}")
+
+
+def shown(value: object) -> str:
+    """A short printable form of a (possibly hostile) request value for an error message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 async def route(
     p: Party, x: np.ndarray, w: ExpertWeights | None, spec: MoESpec
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Shares of the gates (T, k) and routing one-hots (T, k, E)."""
+    """Shares of the gates (T, k) and routing one-hots (T, k, E) (steps 1–3 above)."""
     logits = await linear(p.fork("router"), x, _get(w, "router"), spec.n_experts)
     best, hots = await topk(p.fork("topk"), logits, spec.top_k, ROUTER_BITS)
-    if spec.gates == "mixtral":
+    if spec.norm_topk:
         gates = await softmax(p.fork("gates"), best)
     else:
         probs = await softmax(p.fork("gates"), logits)  # (T, E)
@@ -131,6 +176,19 @@ async def route(
         picked = await mux(p.fork("pick"), bits_of_01(hots), wide)  # O is 0/1: a MUX suffices
         gates = p.ring.reduce(picked.sum(axis=-1, dtype=np.uint64))
     return gates, hots
+
+
+async def drop_overflow(
+    p: Party, gates: np.ndarray, hots: np.ndarray, capacity: int, groups: int = 1
+) -> np.ndarray:
+    """Shares of the gates (T, k) with a 0 for every assignment beyond its expert's capacity
+    (step 4 above): the first C assignments of each expert in each of the ``groups`` sequences
+    keep their gate. Who learns what: nothing. Cost: :func:`secmoe.ops.dispatch.kept` on T·k
+    assignments, then T·k MUXes."""
+    n_tok, k, n_e = hots.shape
+    onehot = hots.reshape(groups, n_tok // groups * k, n_e)  # assignments in token order
+    keep = await kept(p.fork("kept"), onehot, capacity)
+    return await mux(p.fork("drop"), keep.reshape(n_tok, k), gates)
 
 
 async def _ffn_selected(
@@ -192,7 +250,7 @@ async def _experts_dispatch(
 ) -> np.ndarray:
     n_tok, k, n_e = hots.shape
     t = n_tok // groups
-    cap = spec.capacity_for(t)
+    cap = spec.capacity_for(t)  # C = T when nothing can drop: every token has a slot
     onehot = hots.reshape(groups, t * k, n_e)  # assignments (t, j) in token order, per sequence
     xa = np.repeat(x, k, axis=0).reshape(groups, t * k, -1)
     d = await dispatch_tensor(p.fork("dispatch"), onehot, cap)  # (B, A, E, C)
@@ -237,7 +295,8 @@ async def moe(
     """Shares of the MoE FFN output (T, d) for shares of x (T, d). See the module docstring.
 
     ``groups``: the tokens are that many sequences of equal length, in order (capacity is per
-    sequence, as in the plaintext reference).
+    sequence, as in the plaintext reference). Every strategy computes the same function:
+    with C = ``spec.capacity_for(T)`` < T, overflow assignments are dropped (step 4 above).
     """
     check_strategy(strategy)
     if (w is None) == (p.role == "server"):
@@ -245,8 +304,17 @@ async def moe(
     if x.shape[0] % groups:
         raise ValueError(f"{x.shape[0]} tokens do not split into {groups} sequences")
     gates, hots = await route(p.fork("route"), x, w, spec)
+    t = x.shape[0] // groups
+    cap = spec.capacity_for(t)
     run = _EXPERTS[strategy]
     extra = {"groups": groups} if strategy == "dispatch" else {}
-    y = await run(p.fork(strategy), x, hots, w, spec, **extra)  # (T, k, d)
+    experts = run(p.fork(strategy), x, hots, w, spec, **extra)  # (T, k, d)
+    if strategy != "dispatch" and cap < t:  # public: dispatch's buckets drop by themselves
+        # the drop mask runs beside the experts (it needs only the routing): no extra rounds
+        gates, y = await asyncio.gather(
+            drop_overflow(p.fork("capacity"), gates, hots, cap, groups), experts
+        )
+    else:
+        y = await experts
     scaled = await arith.mul_fixed(p.fork("scale"), y, np.broadcast_to(gates[..., None], y.shape))
     return p.ring.reduce(scaled.sum(axis=1, dtype=np.uint64))

@@ -3,7 +3,7 @@ import pytest
 
 from secmoe.crypto.ring import DEFAULT_RING as R
 from secmoe.model.reference import capacity_mask
-from secmoe.ops.dispatch import dispatch_tensor, ideal_dispatch
+from secmoe.ops.dispatch import dispatch_tensor, ideal_dispatch, kept, positions
 from tests.protocols.helpers import mine, opened, run_parties, split
 
 
@@ -36,3 +36,32 @@ async def test_dispatch_tensor_equals_plaintext_with_overflow_and_sequences():
     got = opened(await run_parties(body), R)
     want = np.stack([ideal_dispatch(r, n_e, cap) for r in routes])
     np.testing.assert_array_equal(got, want)
+
+
+async def test_kept_is_the_reference_capacity_mask_per_sequence_with_top_k():
+    # two sequences of 4 tokens, top-2 of 3 experts: expert 0 is everyone's first choice
+    routes = np.array([[[0, 1], [0, 2], [1, 0], [2, 1]], [[2, 0], [0, 1], [1, 2], [0, 2]]])
+    n_e, cap = 3, 2
+    onehot = (routes[..., None] == np.arange(n_e)).astype(np.uint64)  # (B, T, k, E)
+    b, t, k, _ = onehot.shape
+    xs = split(onehot.reshape(b, t * k, n_e), R)
+
+    async def body(p):
+        return await kept(p, mine(p, xs), cap)
+
+    c, s = await run_parties(body)
+    got = (c ^ s).reshape(b, t, k)
+    want = capacity_mask(routes, n_e, cap)
+    np.testing.assert_array_equal(got, want)
+    assert not want.all()  # the capacity binds: expert 0 drops in the first sequence
+
+
+async def test_positions_count_earlier_assignments_to_the_same_expert():
+    routes = np.array([3, 1, 3, 3, 0, 1])
+    onehot = (routes[:, None] == np.arange(4)).astype(np.uint64)
+    xs = split(onehot, R)
+
+    async def body(p):
+        return await positions(p, mine(p, xs))
+
+    np.testing.assert_array_equal(opened(await run_parties(body), R), [0, 0, 1, 2, 0, 1])
