@@ -11,8 +11,9 @@ Local only (no I/O). The protocols in :mod:`secmoe.protocols.he_linear` and sibl
   key for re-randomization, decryption of returned ciphertexts at the output level, and SEAL
   relinearization/Galois keys where a protocol needs them;
 - :class:`PublicKey` (server): the client's public key as a SEAL ciphertext;
-- :class:`ReturnPacker` (server): re-randomize, mask, flood, switch to the output level and
-  pack a result ciphertext for the wire (see :mod:`secmoe.crypto.he_params` for the analysis).
+- :class:`ReturnPacker` (server): re-randomize, mask, flood, switch to the output level;
+  :func:`pack_returned` then sends only the high bits of each coefficient that decryption
+  needs (see :mod:`secmoe.crypto.he_params` for the analysis of both).
 
 Messages are polynomials over Z_{2^ℓ}. Two encodings:
 
@@ -37,11 +38,12 @@ import numpy as np
 import tenseal.sealapi as sealapi
 
 from . import he_serial as ser
-from .he_params import CBD_ETA, HEParams
+from .he_params import CBD_ETA, FLOOD_UNION_BITS, STAT_SEC, HEParams, ReturnBits
 from .he_rns import (
     Decoder2,
     Scaler,
     add_mod,
+    mulhi64,
     neg_mod,
     sample_cbd,
     sample_flood_rns,
@@ -62,6 +64,36 @@ _MAX_CT_SIZE = 16  # SEAL_CIPHERTEXT_SIZE_MAX
 
 class HEError(ValueError):
     """Inconsistent HE parameters or data (e.g. the two parties disagree)."""
+
+
+class FloodBudgetExceeded(HEError):
+    """Returning more coefficients under one key than its noise flooding covers."""
+
+
+@dataclass
+class FloodBudget:
+    """The coefficients returned (flooded) under one client key, against the 2^κ the σ bound
+    covers (:mod:`secmoe.crypto.he_params`: flooding sized with κ = ``union_bits`` keeps the
+    union of all of them within 2^−σ of independent of the server's data)."""
+
+    union_bits: int = FLOOD_UNION_BITS
+    used: int = 0
+
+    @property
+    def limit(self) -> int:
+        """2^κ."""
+        return 1 << self.union_bits
+
+    def charge(self, count: int) -> None:
+        """Count ``count`` more returned coefficients; raise :class:`FloodBudgetExceeded`
+        (and count nothing) if that would pass 2^κ."""
+        if self.used + count > self.limit:
+            raise FloodBudgetExceeded(
+                f"noise-flooding budget of this key spent: {self.used} + {count} returned "
+                f"coefficients exceed 2^{self.union_bits}, what the σ = {STAT_SEC} bound covers "
+                "(a new session has new keys)"
+            )
+        self.used += count
 
 
 def expand_a(seed: bytes, count: int, primes: Sequence[int], n: int) -> np.ndarray:
@@ -373,11 +405,13 @@ def encode_scaled_exact(m: np.ndarray, primes: Sequence[int], bits: int) -> np.n
 
 @dataclass
 class PublicKey:
-    """The client's public key, held by the server (a SEAL ciphertext in NTT form, top level)."""
+    """The client's public key, held by the server (a SEAL ciphertext in NTT form, top level),
+    and the flooding budget of every result returned under it."""
 
     ctx: HEContext
     ct: sealapi.Ciphertext
     _levels: dict = field(default_factory=dict, repr=False)
+    budget: FloodBudget = field(default_factory=FloodBudget)
 
     @classmethod
     def from_wire(cls, ctx: HEContext, seed: bytes, pk0: np.ndarray) -> PublicKey:
@@ -424,6 +458,9 @@ class ReturnPacker:
     4. switch to the output level (SEAL's BFV modulus switching: divide and round);
     5. export c1 (all N coefficients) and c0 at the positions only.
 
+    Every call charges its P positions to the key's :class:`FloodBudget` first (and raises
+    :class:`FloodBudgetExceeded`, returning nothing, past 2^κ).
+
     Args:
         ctx: the context.
         pk: the client's public key.
@@ -442,6 +479,7 @@ class ReturnPacker:
 
         ``ct`` (at ``level``) None stands for an encryption of zero (a result with no terms).
         """
+        self.pk.budget.charge(len(positions))
         ctx, ev = self.ctx, self.ctx.evaluator
         n = ctx.n
         # Step 1: u·pk in the NTT domain.
@@ -475,24 +513,54 @@ class ReturnPacker:
         return r, data[1], data[0][:, positions]
 
 
-def pack_returned(ctx: HEContext, c1: np.ndarray, c0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Wire form of returned ciphertexts: c1 (k, Lo, N) and c0 (k, Lo, P) → two ``uint8`` arrays."""
-    w = ctx.params.byte_widths[: ctx.out]
-    return ser.pack_residues(c1, w), ser.pack_residues(c0, w)
+def shrink_returned(ctx: HEContext, res: np.ndarray, drop: int) -> tuple[np.ndarray, np.ndarray]:
+    """⌊c/2^drop⌋ as 64-bit words (lo, hi) for the integers c ∈ [0, q_L) of output-level
+    residues ``res`` (..., 2, M) (CRT: c = a0 + q0·v, v = (a1 − a0)·q0⁻¹ mod q1)."""
+    if ctx.out != 2 or res.shape[-2] != 2:
+        raise HEError("returned ciphertexts must be at a two-prime output level")
+    q0, q1 = ctx.primes[0], ctx.primes[1]
+    inv = pow(q0, -1, q1)
+    a0, a1 = res[..., 0, :], res[..., 1, :]
+    v = shoup_mul(sub_mod(a1, a0 % U64(q1), q1), U64(inv), shoup_factor(inv, q1), q1)
+    lo = v * U64(q0) + a0
+    hi = mulhi64(v, U64(q0)) + (lo < a0).astype(U64)  # carry of the low word
+    if drop:
+        lo = (lo >> U64(drop)) | (hi << U64(64 - drop))
+        hi = hi >> U64(drop)
+    return lo, hi
+
+
+def grow_returned(ctx: HEContext, lo: np.ndarray, hi: np.ndarray, drop: int) -> np.ndarray:
+    """Residues (..., 2, M) mod q0, q1 of (hi·2^64 + lo)·2^drop + 2^(drop−1) (the middle of
+    the dropped range; just the integer when ``drop`` is 0)."""
+    out = np.empty((*lo.shape[:-1], 2, lo.shape[-1]), dtype=U64)
+    for i, q in enumerate(ctx.primes[:2]):
+        w, s, mid = pow(2, 64, q), pow(2, drop, q), (1 << drop >> 1) % q
+        r = add_mod(shoup_mul(hi, U64(w), shoup_factor(w, q), q), lo % U64(q), q)
+        out[..., i, :] = add_mod(shoup_mul(r, U64(s), shoup_factor(s, q), q), U64(mid), q)
+    return out
+
+
+def pack_returned(
+    ctx: HEContext, c1: np.ndarray, c0: np.ndarray, bits: ReturnBits
+) -> tuple[np.ndarray, np.ndarray]:
+    """Wire form of returned ciphertexts, only the bits decryption needs
+    (:func:`~secmoe.crypto.he_params.plan_return_bits`): c1 (k, 2, N) → ``uint8``
+    (k, ⌈N·bits_c1/8⌉) and c0 (2, P) → ``uint8`` (⌈P·bits_c0/8⌉,)."""
+    c1b = ser.pack_bits(*shrink_returned(ctx, c1, bits.drop_c1), bits.bits_c1)
+    return c1b, ser.pack_bits(*shrink_returned(ctx, c0, bits.drop_c0), bits.bits_c0)
 
 
 def unpack_returned(
-    ctx: HEContext, c1b: np.ndarray, c0b: np.ndarray, k: int, p: int
+    ctx: HEContext, c1b: np.ndarray, c0b: np.ndarray, bits: ReturnBits, k: int, p: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`pack_returned`, checking sizes (k ciphertexts, P positions each)."""
-    w = ctx.params.byte_widths[: ctx.out]
+    """Inverse of :func:`pack_returned` (up to the dropped bits), checking sizes: k
+    ciphertexts' c1 (k, 2, N) and c0 at P positions in all (2, P)."""
     c1b, c0b = np.asarray(c1b), np.asarray(c0b)
-    if c1b.shape[0] != k or c0b.shape[0] != k:
-        raise HEError(f"expected {k} returned ciphertexts, got {c1b.shape[0]}/{c0b.shape[0]}")
-    c1 = ser.unpack_residues(c1b, w, ctx.n)
-    c0 = ser.unpack_residues(c0b, w, p)
-    _check_reduced(c1, ctx.primes)
-    _check_reduced(c0, ctx.primes)
+    if c1b.ndim != 2 or c1b.shape[0] != k or c0b.ndim != 1:
+        raise HEError(f"expected {k} returned ciphertexts, got shapes {c1b.shape}, {c0b.shape}")
+    c1 = grow_returned(ctx, *ser.unpack_bits(c1b, bits.bits_c1, ctx.n), bits.drop_c1)
+    c0 = grow_returned(ctx, *ser.unpack_bits(c0b, bits.bits_c0, p), bits.drop_c0)
     return c1, c0
 
 
@@ -536,6 +604,8 @@ def neg_rns(a: np.ndarray, primes: Sequence[int]) -> np.ndarray:
 
 
 __all__ = [
+    "FloodBudget",
+    "FloodBudgetExceeded",
     "HEContext",
     "HEError",
     "PublicKey",
@@ -543,11 +613,13 @@ __all__ = [
     "SecretKey",
     "add_rns",
     "expand_a",
+    "grow_returned",
     "load_galois_keys",
     "load_relin_keys",
     "neg_rns",
     "pack_fresh",
     "pack_returned",
+    "shrink_returned",
     "uint_to_rns",
     "unpack_fresh",
     "unpack_returned",

@@ -39,6 +39,30 @@ statistical distance B/2^β ≤ 2^−(σ+κ) of a distribution independent of th
 the at most 2^κ coefficients (κ = 24 by default) returned under one key the distance is ≤ 2^−σ
 (σ = 40). Modulus switching scales the flood by q_L/q; what remains must stay below
 q_L/2^(ℓ+1) for decryption to be correct, which :func:`plan_noise` checks.
+
+Returned coefficients: only the bits decryption needs
+----------------------------------------------------
+After step (4) each returned coefficient c ∈ [0, q_L) has ⌈log2 q_L⌉ = 80 bits, but its low
+bits are mostly noise. The server sends ĉ = ⌊c/2^k⌋ (k = ``drop_c1`` for the N coefficients
+of c1, ``drop_c0`` for c0 at the decryptable positions; :func:`plan_return_bits`), and the
+client uses ĉ·2^k + 2^(k−1) (Cheetah and BumbleBee do the same). This is a public function of
+the returned ciphertext, so it reveals nothing more; it only adds decryption noise. Per
+coefficient the error δ = (c mod 2^k) − 2^(k−1) lies in [−2^(k−1), 2^(k−1)). In the phase
+c0 + c1·s:
+
+- c0: |δ0| ≤ 2^(k0−1);
+- c1: Σ_j ±δ_j·s_(i−j). c1 is re-randomized, so its low bits (hence the δ_j) are uniform and
+  independent of s; Hoeffding (range 2^k1 per term, N terms, failure 2^−41 two-sided) bounds
+  the deviation by 2^k1·sqrt(N·ln(2^41)/2), and the mean −½ per term contributes
+  ½·|Σ ±s_(i−j)| ≤ sqrt(N·ln(2^41)/2) for the uniform ternary s (same bound, range 2):
+  in all (2^k1 + 1)·sqrt(N·ln(2^41)/2).
+
+With B_pre = 2^(β − log2(q/q_L)) + the switch's rounding bound + 2 (what :func:`plan_noise`
+checks), decryption stays exact if B_pre + (2^k1 + 1)·sqrt(N·ln(2^41)/2) + 2^(k0−1) ≤
+q_L/2^(ℓ+1.5) (the same half-bit slack, which also covers the data-dependent noise,
+≤ 2^−64 of the flood). :func:`plan_return_bits` picks the (k1, k0) that satisfy it with the
+fewest bits sent. For ``HE_8K`` (N = 8192, flood mostly absorbed by the level) k1 = 5,
+k0 = 14: c1 coefficients travel in 75 bits and c0 in 66, instead of 80.
 """
 
 from __future__ import annotations
@@ -207,6 +231,46 @@ def plan_noise(
         f"2^{params.out_q_bits:.1f} (decryption limit 2^{params.decrypt_margin_bits():.1f}); "
         "use a larger parameter set or smaller plaintexts"
     )
+
+
+@dataclass(frozen=True)
+class ReturnBits:
+    """Low bits dropped from each returned c1 and c0 coefficient, and the bits sent."""
+
+    full: int
+    drop_c1: int
+    drop_c0: int
+
+    @property
+    def bits_c1(self) -> int:
+        return self.full - self.drop_c1
+
+    @property
+    def bits_c0(self) -> int:
+        return self.full - self.drop_c0
+
+
+def plan_return_bits(
+    params: HEParams, beta: int, level: int, n_c1: int = 1, n_c0: int = 0
+) -> ReturnBits:
+    """The (k1, k0) that keep decryption exact (module docstring) and minimize
+    n_c1·(80 − k1) + n_c0·(80 − k0), the bits of n_c1 c1 and n_c0 c0 coefficients, for a
+    result flooded with 2^β at ``level`` and switched to the output level."""
+    full = math.prod(params.primes[: params.out_primes]).bit_length()
+    limit = 2.0 ** (params.decrypt_margin_bits() - 0.5)
+    scaled = beta - (level_bits(params, level) - params.out_q_bits)
+    room0 = limit - (2.0**scaled + 2.0 ** params.modswitch_noise_bits() + 2.0)
+    root = math.sqrt(params.n * MODSWITCH_TAIL)
+    best = ReturnBits(full, 0, 0)
+    for k1 in range(min(full, 64)):
+        room = room0 - ((2**k1 + 1) * root if k1 else 0.0)
+        if room < 1.0:
+            break
+        k0 = min(full - 1, 63, math.floor(math.log2(room)) + 1)
+        cand = ReturnBits(full, k1, k0)
+        if n_c1 * cand.bits_c1 + n_c0 * cand.bits_c0 < n_c1 * best.bits_c1 + n_c0 * best.bits_c0:
+            best = cand
+    return best
 
 
 HE_8K = HEParams(name="bfv8k-t2^64", n=8192, data_bits=(40, 40, 48, 48), special_bits=42)

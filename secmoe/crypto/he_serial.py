@@ -233,3 +233,49 @@ def unpack_residues(buf: np.ndarray, widths: Sequence[int], m: int) -> np.ndarra
         out[..., i, :, :w] = buf[..., off : off + m * w].reshape(*lead, m, w)
         off += m * w
     return out.view("<u8").reshape(*lead, len(widths), m).astype(np.uint64)
+
+
+#: Values per step of :func:`pack_bits` (a multiple of 8, so steps end on byte boundaries).
+_BIT_CHUNK = 1 << 15
+
+
+def pack_bits(lo: np.ndarray, hi: np.ndarray, bits: int) -> np.ndarray:
+    """The low ``bits`` (≤ 128) of the integers hi·2^64 + lo, bit-packed per row (little-endian
+    bit order): (..., M) ``uint64`` words → ``uint8`` (..., ⌈M·bits/8⌉)."""
+    if not 1 <= bits <= 128:
+        raise ValueError("pack_bits: 1 to 128 bits per value")
+    lead, m = lo.shape[:-1], lo.shape[-1]
+    count = int(np.prod(lead, dtype=np.int64))
+    lo2, hi2 = lo.reshape(count, m), hi.reshape(count, m)
+    out = np.empty((lo2.shape[0], (m * bits + 7) // 8), dtype=np.uint8)
+    for r in range(lo2.shape[0]):
+        parts = []
+        for s in range(0, m, _BIT_CHUNK):
+            sl = slice(s, s + _BIT_CHUNK)
+            words = np.stack([lo2[r, sl], hi2[r, sl]], axis=1).astype("<u8")
+            b = np.unpackbits(words.view(np.uint8), axis=1, bitorder="little")[:, :bits]
+            parts.append(np.packbits(b.reshape(-1), bitorder="little"))
+        if parts:
+            out[r] = np.concatenate(parts)
+    return out.reshape(*lead, -1)
+
+
+def unpack_bits(buf: np.ndarray, bits: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`pack_bits` for M = ``m`` values per row: (lo, hi) ``uint64`` words."""
+    buf = np.asarray(buf, dtype=np.uint8)
+    need = (m * bits + 7) // 8
+    if buf.shape[-1] != need:
+        raise ValueError(f"packed values: got {buf.shape[-1]} bytes, expected {need}")
+    lead = buf.shape[:-1]
+    rows = buf.reshape(int(np.prod(lead, dtype=np.int64)), need)
+    words = np.zeros((rows.shape[0], m, 2), dtype="<u8")
+    for r in range(rows.shape[0]):
+        for s in range(0, m, _BIT_CHUNK):
+            c = min(_BIT_CHUNK, m - s)
+            chunk = rows[r, s * bits // 8 : (s * bits // 8) + (c * bits + 7) // 8]
+            b = np.unpackbits(chunk, bitorder="little")[: c * bits].reshape(c, bits)
+            full = np.zeros((c, 128), dtype=np.uint8)
+            full[:, :bits] = b
+            words[r, s : s + c] = np.packbits(full, axis=1, bitorder="little").view("<u8")
+    words = words.astype(np.uint64)
+    return words[..., 0].reshape(*lead, m), words[..., 1].reshape(*lead, m)

@@ -4,6 +4,8 @@
   (d, h), encoded at f fractional bits exactly as :class:`secmoe.model.fixed.FixedOps` does.
   The product is the BFV protocol of :mod:`secmoe.protocols.he_linear` (coefficient packing,
   no rotations, noise flooding); then one truncation.
+- :func:`linear_fused`: several weights W_m multiplied by the same X in one product (the
+  client's X is encrypted once): attention's q, k and v.
 - :func:`linear_batched`: M products X_m·W_m with their own inputs, concurrently.
 - :func:`matmul`: shares of A·B for shared A (…, m, k) and B (…, k, n) (attention's QKᵀ and
   PV, MoE combination), by the two HE cross products of :mod:`secmoe.protocols.he_secret`.
@@ -23,11 +25,13 @@ ciphertexts. Public: the shapes and the weight bound ``W_BITS`` (|encoded W| < 2
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..crypto.he_params import HE_8K, HE_16K, HEParams
+from ..crypto.he import FloodBudget
+from ..crypto.he_params import FLOOD_UNION_BITS, HE_8K, HE_16K, HEParams
 from ..protocols import arith
 from ..protocols.he_linear import (
     EncodedWeights,
@@ -69,11 +73,17 @@ class HEState:
     (server); and the server's cache of encoded weights."""
 
     keys: dict[str, ClientHE | ServerHE]
-    encoded: dict[tuple[int, tuple[int, ...], int], EncodedWeights] = field(default_factory=dict)
+    encoded: dict[tuple, EncodedWeights] = field(default_factory=dict)
     selects: dict[tuple, SelectWeights] = field(default_factory=dict)
     #: Server: bytes of NTT plaintexts the weight cache may hold; past it, weight blocks are
     #: encoded on use (less memory, more online time — counted in the run).
     cache_budget: int = DEFAULT_CACHE_BUDGET
+    #: κ: every product's flooding covers 2^κ returned coefficients per key (both parties
+    #: plan with it; the server's keys refuse to return more, see :class:`FloodBudget`).
+    union_bits: int = FLOOD_UNION_BITS
+    #: Server: skip all-zero weight blocks (faster on sparse weights; its timing then LEAKS
+    #: which blocks are zero). Off: zero blocks cost the same work as any other.
+    skip_zero_blocks: bool = False
 
     def client(self, params: HEParams) -> ClientHE:
         he = self.keys[params.name]
@@ -92,12 +102,17 @@ SESSION_PARAMS = (HE_8K, HE_16K)
 
 
 async def setup_he(
-    p: Party, params: tuple[HEParams, ...] = SESSION_PARAMS, select_items: int = 0
+    p: Party,
+    params: tuple[HEParams, ...] = SESSION_PARAMS,
+    select_items: int = 0,
+    union_bits: int = FLOOD_UNION_BITS,
 ) -> Party:
     """The party with HE keys for each parameter set (``setup`` phase, concurrently): the
     client generates them and sends the public part. ``select_items``: the largest T·E of an
     encrypted selection to come (0: none), for which the N = 16384 set also gets
-    relinearization and Galois keys."""
+    relinearization and Galois keys. ``union_bits``: κ, the log2 of the returned coefficients
+    each key's flooding covers (both parties must pass the same; the server's keys enforce it).
+    """
 
     async def one(pr: HEParams) -> ClientHE | ServerHE:
         ch = p.ch.fork(f"he_{pr.name}")
@@ -109,7 +124,10 @@ async def setup_he(
         return await setup_server(ch, pr, **extra)
 
     keys = await asyncio.gather(*(one(pr) for pr in params))
-    state = HEState({pr.name: k for pr, k in zip(params, keys, strict=True)})
+    for k in keys:
+        if isinstance(k, ServerHE):
+            k.pk.budget = FloodBudget(union_bits)
+    state = HEState({pr.name: k for pr, k in zip(params, keys, strict=True)}, union_bits=union_bits)
     return Party(p.ch, p.prg, p.ring, p.ot, state)
 
 
@@ -119,53 +137,76 @@ def _state(p: Party) -> HEState:
     return p.he
 
 
-def _key(w: np.ndarray, rows: int) -> tuple[int, tuple[int, ...], int]:
-    """Cache key: where the weight is stored (views of one stored weight share it), its shape."""
-    return (w.__array_interface__["data"][0], w.shape, rows)
+def _key(w: np.ndarray, rows: int) -> tuple[int, tuple[int, ...], tuple[int, ...], int]:
+    """Cache key: where the weight is stored (views of one stored weight share it), its shape
+    and strides (a tied LM head is the embedding's transpose: same storage, maybe same shape)."""
+    return (w.__array_interface__["data"][0], w.shape, w.strides, rows)
 
 
-def prepare(p: Party, w: np.ndarray, rows: int) -> EncodedWeights:
-    """Server: encode the weight ``w`` (float, d×h) for products with ``rows`` rows (setup)."""
+def prepare(p: Party, w: np.ndarray | Sequence[np.ndarray], rows: int) -> EncodedWeights:
+    """Server: encode the weight ``w`` (float, d×h), or several weights with the same d
+    multiplied by the same X in one product (:func:`linear_fused`), for products with
+    ``rows`` rows (setup)."""
     st = _state(p)
-    key = _key(w, rows)
+    ws = [w] if isinstance(w, np.ndarray) else list(w)
+    key = _fused_key(ws, rows)
     if key in st.encoded:
         return st.encoded[key]
-    enc = p.ring.to_signed(p.ring.encode(w))
-    if enc.size and np.abs(enc).max() >= 1 << (W_BITS - 1):
+    encs = [p.ring.to_signed(p.ring.encode(m)) for m in ws]
+    if any(e.size and np.abs(e).max() >= 1 << (W_BITS - 1) for e in encs):
         raise ValueError(
             f"a weight exceeds the public bound |W| < 2^{W_BITS - 1 - p.ring.frac_bits}"
         )
-    plan = plan_matmul(rows, w.shape[0], [w.shape[1]], HE_8K, w_bits=W_BITS)
+    hs = [m.shape[1] for m in ws]
+    plan = plan_matmul(rows, ws[0].shape[0], hs, HE_8K, w_bits=W_BITS, union_bits=st.union_bits)
     cache = "ntt" if plan.cache_bytes() <= st.cache_budget else "blocks"
     if cache == "ntt":
         st.cache_budget -= plan.cache_bytes()
-    st.encoded[key] = encode_weights(st.server(HE_8K).ctx, [enc], plan, cache=cache)
+    st.encoded[key] = encode_weights(
+        st.server(HE_8K).ctx, encs, plan, cache=cache, skip_zero_blocks=st.skip_zero_blocks
+    )
     return st.encoded[key]
 
 
-async def _product(p: Party, x: np.ndarray, w: np.ndarray | None, h: int) -> np.ndarray:
-    """Shares of X·W_int (untruncated) for X (t, d)."""
+def _fused_key(ws: Sequence[np.ndarray], rows: int) -> tuple:
+    """Cache key of one weight (:func:`_key`) or of several multiplied together."""
+    return _key(ws[0], rows) if len(ws) == 1 else tuple(_key(w, rows) for w in ws)
+
+
+async def _product(
+    p: Party, x: np.ndarray, ws: Sequence[np.ndarray] | None, hs: Sequence[int]
+) -> list[np.ndarray]:
+    """Shares of X·W_m,int (untruncated) for X (t, d), every W_m in one HE product."""
     st = _state(p)
     t, d = x.shape
     if p.role == "client":
-        plan = plan_matmul(t, d, [h], HE_8K, w_bits=W_BITS)
-        (y,) = await matmul_client(p.ch, st.client(HE_8K), x, plan, p.prg, ring=p.ring)
-        return y
-    if w is None or w.shape != (d, h):
-        raise ValueError(
-            f"server weight of shape {None if w is None else w.shape}, expected {(d, h)}"
-        )
-    enc = st.encoded.get(_key(w, t)) or prepare(p, w, t)
-    (y,) = await matmul_server(p.ch, st.server(HE_8K), x, enc, p.prg, ring=p.ring)
-    return y
+        plan = plan_matmul(t, d, hs, HE_8K, w_bits=W_BITS, union_bits=st.union_bits)
+        return await matmul_client(p.ch, st.client(HE_8K), x, plan, p.prg, ring=p.ring)
+    shapes = [(d, h) for h in hs]
+    if ws is None or [w.shape for w in ws] != shapes:
+        got = None if ws is None else [w.shape for w in ws]
+        raise ValueError(f"server weights of shapes {got}, expected {shapes}")
+    enc = st.encoded.get(_fused_key(ws, t)) or prepare(p, ws, t)
+    return await matmul_server(p.ch, st.server(HE_8K), x, enc, p.prg, ring=p.ring)
 
 
 async def linear(p: Party, x: np.ndarray, w: np.ndarray | None, h: int) -> np.ndarray:
     """Shares of trunc(X·encode(W)) for shares X (…, d); the server passes W (d, h)."""
+    (y,) = await linear_fused(p, x, None if w is None else [w], [h])
+    return y
+
+
+async def linear_fused(
+    p: Party, x: np.ndarray, ws: Sequence[np.ndarray] | None, hs: Sequence[int]
+) -> list[np.ndarray]:
+    """Shares of trunc(X·encode(W_m)) for every m, for shares X (…, d): one HE product, so
+    the client's X is encrypted and sent once (attention's q, k, v). The server passes the
+    W_m (d, h_m), the client None."""
     lead = x.shape[:-1]
     flat = x.reshape(-1, x.shape[-1])
-    y = await _product(p.fork("he"), flat, w, h)
-    return (await arith.trunc(p.fork("trunc"), y)).reshape(*lead, h)
+    ys = await _product(p.fork("he"), flat, ws, hs)
+    y = await arith.trunc(p.fork("trunc"), np.concatenate(ys, axis=1))
+    return [c.reshape(*lead, -1) for c in np.split(y, np.cumsum(hs)[:-1], axis=1)]
 
 
 async def linear_batched(
@@ -175,11 +216,11 @@ async def linear_batched(
     weights ws (E, d, h). The M products run concurrently on their own forks."""
     ys = await asyncio.gather(
         *(
-            _product(p.fork(f"he{i}"), xs[i], None if ws is None else ws[e], h)
+            _product(p.fork(f"he{i}"), xs[i], None if ws is None else [ws[e]], [h])
             for i, e in enumerate(index)
         )
     )
-    return await arith.trunc(p.fork("trunc"), np.stack(ys))
+    return await arith.trunc(p.fork("trunc"), np.stack([y for (y,) in ys]))
 
 
 async def matmul(p: Party, a: np.ndarray, b: np.ndarray, *, truncate: bool = True) -> np.ndarray:
@@ -195,7 +236,7 @@ async def matmul(p: Party, a: np.ndarray, b: np.ndarray, *, truncate: bool = Tru
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     heads = int(np.prod(lead, dtype=np.int64)) if lead else 1
     a3, b3 = a.reshape(heads, m, k), b.reshape(heads, k, n)
-    plan = plan_secret_matmul(m, k, n, heads, HE_16K)
+    plan = plan_secret_matmul(m, k, n, heads, HE_16K, union_bits=st.union_bits)
     f = p.fork("he")
     if p.role == "client":
         y = await secret_matmul_client(f.ch, st.client(HE_16K), a3, b3, plan, f.prg, ring=p.ring)
@@ -239,9 +280,10 @@ def prepare_select(p: Party, ws: list[np.ndarray], tokens: int) -> None:
         key = _select_key(ws, rows)
         if key in st.selects:
             continue
-        plan = plan_select(rows, n_e, d, [w.shape[2] for w in ws], HE_16K, w_bits=W_BITS)
+        hs = [w.shape[2] for w in ws]
+        plan = plan_select(rows, n_e, d, hs, HE_16K, w_bits=W_BITS, union_bits=st.union_bits)
         ints = [[_int_weights(p, w[e]) for w in ws] for e in range(n_e)]
-        st.selects[key] = encode_select_weights(ints, plan)
+        st.selects[key] = encode_select_weights(ints, plan, skip_zero_blocks=st.skip_zero_blocks)
 
 
 async def select_linear(
@@ -266,7 +308,7 @@ async def select_linear(
         f = p.fork(f"sel{i}")
         xs, ts = x[start : start + rows], onehot[start : start + rows]
         if p.role == "client":
-            plan = plan_select(rows, n_e, d, hs, HE_16K, w_bits=W_BITS)
+            plan = plan_select(rows, n_e, d, hs, HE_16K, w_bits=W_BITS, union_bits=st.union_bits)
             ys = await select_client(f.ch, st.client(HE_16K), ts, xs, plan, f.prg, ring=p.ring)
         else:
             enc = st.selects.get(_select_key(ws, rows))

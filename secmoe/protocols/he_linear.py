@@ -30,24 +30,26 @@ product x̂·ŵ holds Σ_j X[i, j]·W[j, l] at coefficient i·d_b·h_b + l·d_b 
       ── he/mm/x: plan, seed(a), c0 [n_in × N] ──▶    ct ← (c0 + NTT(Δ·x̂_s), a)   (X = X_c+X_s)
                                                       y ← Σ_b ct_b · ŵ_{b,c}        (NTT domain)
                                                       y ← y + u·pk + (e1 + Δ·R + flood, e2)
-                                                      y ← modswitch(y, q_L)
+                                                      y ← modswitch(y, q_L), low bits cut
       ◀── he/mm/y: c1 [n_out × N], c0 at outputs ──
       Y_c = decrypt = X·W + R                         Y_s = −R
 
-**Cost.** c2s: n_in·N·B_in + 16 bytes; s2c: n_out·N·B_L + T·Σh_m·B_L bytes, with
-n_in = ⌈T/T_b⌉⌈d/d_b⌉, n_out = ⌈T/T_b⌉·Σ_m⌈h_m/h_b⌉, B_in = Σ bytes of the input level's
-primes (22 for ``HE_8K``'s top level), B_L = 10; plus the codec's framing
-(:func:`matmul_cost` is exact). Two flights (one round trip). Server work: n_in·Σ⌈h_m/h_b⌉
-plaintext products in the NTT domain.
+**Cost.** c2s: n_in·N·B_in + 16 bytes (only c0; a = c1 travels as its 16-byte seed); s2c:
+n_out·⌈N·b1/8⌉ + ⌈T·Σh_m·b0/8⌉ bytes, with n_in = ⌈T/T_b⌉⌈d/d_b⌉,
+n_out = ⌈T/T_b⌉·Σ_m⌈h_m/h_b⌉, B_in = Σ bytes of the input level's primes (22 for ``HE_8K``'s
+top level), and b1, b0 the bits of each returned c1 and c0 coefficient that decryption needs
+(:func:`~secmoe.crypto.he_params.plan_return_bits`: 75 and 66 of q_L's 80 at ``HE_8K``);
+plus the codec's framing (:func:`matmul_cost` is exact). Two flights (one round trip).
+Server work: n_in·Σ⌈h_m/h_b⌉ plaintext products in the NTT domain.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import tenseal.sealapi as sealapi
@@ -59,21 +61,28 @@ from ..crypto.he import (
     add_rns,
     expand_a,
     pack_fresh,
+    pack_returned,
     unpack_fresh,
+    unpack_returned,
 )
-from ..crypto.he_params import CBD_ETA, HE_8K, HEParams, params_for, plan_noise
+from ..crypto.he_params import (
+    CBD_ETA,
+    FLOOD_UNION_BITS,
+    HEParams,
+    ReturnBits,
+    params_for,
+    plan_noise,
+    plan_return_bits,
+)
 from ..crypto.he_rns import centered_to_rns
-from ..crypto.he_serial import pack_residues, unpack_residues
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
-from ..net.stats import Delta
-from .he_setup import ClientHE, ServerHE, setup_client, setup_server
+from .he_setup import ClientHE, ServerHE
 
 __all__ = [
     "EncodedWeights",
     "MatmulPlan",
-    "bench_matmul",
     "encode_weights",
     "ideal_matmul",
     "matmul_client",
@@ -140,7 +149,7 @@ class MatmulPlan:
 
     @property
     def products(self) -> int:
-        """Upper bound on plaintext × ciphertext products (zero weight blocks are skipped)."""
+        """Plaintext × ciphertext products (fewer if the server skips zero weight blocks)."""
         return self.nb * self.n_out
 
     def wire(self) -> list[int]:
@@ -162,10 +171,33 @@ class MatmulPlan:
                 for r in range(self.nr):
                     yield m, r, c, min(self.tb, self.t - r * self.tb), hc
 
+    @cached_property
+    def ret_bits(self) -> ReturnBits:
+        """Bits sent per returned c1 and c0 coefficient
+        (:func:`~secmoe.crypto.he_params.plan_return_bits`)."""
+        params = params_for(self.params)
+        return plan_return_bits(
+            params, self.beta, self.level, self.n_out * self.n, self.n_positions
+        )
+
+    def ct_bytes(self, count: int = 1) -> tuple[int, int]:
+        """Ciphertext bytes of ``count`` products in one message each way: client→server
+        count·n_in·N·B_in + 16 (one seed); server→client count·n_out·⌈N·b1/8⌉ for c1 and
+        ⌈count·T·Σh·b0/8⌉ for c0 (b1, b0: :attr:`ret_bits`)."""
+        params = params_for(self.params)
+        b_in = sum(params.byte_widths[: self.level])
+        c2s = count * self.n_in * self.n * b_in + 16
+        return c2s, ret_bytes(self.ret_bits, count * self.n_out, self.n, count * self.n_positions)
+
     def cache_bytes(self, level_primes: int | None = None) -> int:
-        """Memory of the NTT-form weight plaintexts (one per nonzero block)."""
+        """Memory of the NTT-form weight plaintexts (at most one per block)."""
         blocks = self.nb * sum(self.nc(m) for m in range(len(self.hs)))
         return blocks * self.n * 8 * (level_primes or self.level)
+
+
+def ret_bytes(bits: ReturnBits, k: int, n: int, p: int) -> int:
+    """Bytes of k returned c1 (N coefficients each) and c0 at P positions in all."""
+    return k * (-(-n * bits.bits_c1 // 8)) + (-(-p * bits.bits_c0 // 8))
 
 
 def noise_log2_bound(nb: int, db: int, hb: int, w_bits: int) -> float:
@@ -177,7 +209,7 @@ def noise_log2_bound(nb: int, db: int, hb: int, w_bits: int) -> float:
     return math.log2((CBD_ETA + 1) * nb * db * hb) + (w_bits - 1)
 
 
-def _candidates(total: int, cap: int) -> list[int]:
+def block_candidates(total: int, cap: int) -> list[int]:
     """Block sizes ⌈total/k⌉ (each count of blocks once), at most ``cap``."""
     out = sorted({-(-total // k) for k in range(1, total + 1)})
     return [v for v in out if v <= cap]
@@ -190,6 +222,7 @@ def plan_matmul(
     params: HEParams,
     *,
     w_bits: int = 16,
+    union_bits: int = FLOOD_UNION_BITS,
 ) -> MatmulPlan:
     """The packing that minimizes the bytes on the wire (ties: fewer products).
 
@@ -198,6 +231,7 @@ def plan_matmul(
         hs: output widths of the weight matrices (each d×h).
         params: the HE parameter set.
         w_bits: public bound on the weights, |W| < 2^(w_bits−1); 64 for arbitrary ring elements.
+        union_bits: κ, log2 of the coefficients the key's flooding must cover (β grows with it).
     """
     hs = tuple(int(h) for h in hs)
     if t < 1 or d < 1 or not hs or min(hs) < 1:
@@ -205,21 +239,24 @@ def plan_matmul(
     n = params.n
     hmax = max(hs)
     best: tuple | None = None
-    for tb in _candidates(t, n):
-        for db in _candidates(d, n // tb):
+    for tb in block_candidates(t, n):
+        for db in block_candidates(d, n // tb):
             cap = n // (tb * db)
             if cap < 1:
                 continue
             hb = -(-hmax // -(-hmax // min(cap, hmax)))  # balanced blocks, same count
             nb = -(-d // db)
             try:
-                noise = plan_noise(params, noise_log2_bound(nb, db, hb, w_bits))
+                noise = plan_noise(
+                    params, noise_log2_bound(nb, db, hb, w_bits), union_bits=union_bits
+                )
             except ValueError:
                 continue
             nr = -(-t // tb)
             n_out = nr * sum(-(-h // hb) for h in hs)
             in_bytes = n * sum(params.byte_widths[: noise.level])
-            cost = nr * nb * in_bytes + n_out * n * params.out_coeff_bytes
+            bits = plan_return_bits(params, noise.beta, noise.level, n_out * n, t * sum(hs))
+            cost = nr * nb * in_bytes + ret_bytes(bits, n_out, n, t * sum(hs))
             key = (cost, nb * n_out, -tb)
             if best is None or key < best[0]:
                 best = (key, tb, db, hb, noise)
@@ -265,22 +302,65 @@ def layout_w(w: np.ndarray, plan: MatmulPlan, m: int) -> np.ndarray:
 class EncodedWeights:
     """The server's weights for one plan, encoded in setup.
 
-    With ``plains`` (the default when it fits in memory) every nonzero d_b×h_b block is an
-    NTT-form plaintext at the plan's level, encoded once and reused by every call; otherwise
-    only the compact matrices are kept and each block is encoded when a call first needs it
-    (once per call, reused across row blocks). ``plains[m][b][c]`` is None for a zero block.
+    With ``plains`` (the default when it fits in memory) every d_b×h_b block is an NTT-form
+    plaintext at the plan's level, encoded once and reused by every call; otherwise only the
+    compact matrices are kept and each block is encoded when a call first needs it (once per
+    call, reused across row blocks). ``zero[m]`` (nb, nc) marks the all-zero blocks.
+
+    By default the server does the same work for a zero block as for any other (a product by
+    a dummy plaintext whose result is discarded), so its timing does not reveal which blocks
+    of W are zero. With ``skip_zero_blocks`` (an operator option) zero blocks are neither
+    encoded nor multiplied: faster on sparse weights, but the client can learn from the
+    server's timing which blocks are zero (a LEAK of W's sparsity pattern). ``public_zero[m]``
+    (nb, nc), if given, marks blocks that are zero by a public structure (the off-diagonal
+    blocks of a block-diagonal matrix): they are always skipped, which reveals nothing.
     """
 
     plan: MatmulPlan
     plains: list[list[list[sealapi.Plaintext | None]]] | None
     matrices: list[np.ndarray]
+    zero: list[np.ndarray]
+    skip_zero_blocks: bool = False
+    public_zero: list[np.ndarray] | None = None
+
+    def skipped(self, m: int, b: int, c: int) -> bool:
+        """Whether block (b, c) of matrix m is neither encoded nor multiplied."""
+        if self.public_zero is not None and self.public_zero[m][b, c]:
+            return True
+        return self.skip_zero_blocks and bool(self.zero[m][b, c])
 
     def plain(self, ctx: HEContext, m: int, b: int, c: int) -> sealapi.Plaintext | None:
-        """The plaintext of block (b, c) of matrix m, or None if that block is zero."""
+        """The plaintext of block (b, c) of matrix m; None if it is zero and skipped."""
+        if self.skipped(m, b, c):
+            return None
         if self.plains is not None:
             return self.plains[m][b][c]
-        poly = block_poly(self.matrices[m], self.plan, b, c)
-        return _to_plain(ctx, poly, self.plan) if poly.any() else None
+        return _to_plain(ctx, block_poly(self.matrices[m], self.plan, b, c), self.plan)
+
+
+def mul_acc(
+    ctx: HEContext,
+    ct: sealapi.Ciphertext,
+    pt: sealapi.Plaintext,
+    acc: sealapi.Ciphertext | None,
+    tmp: sealapi.Ciphertext,
+) -> sealapi.Ciphertext:
+    """acc + ct·pt (ct·pt when acc is None), into acc; ``tmp`` is scratch space."""
+    if acc is None:
+        acc = sealapi.Ciphertext(ctx.seal)
+        ctx.evaluator.multiply_plain(ct, pt, acc)
+    else:
+        ctx.evaluator.multiply_plain(ct, pt, tmp)
+        ctx.evaluator.add_inplace(acc, tmp)
+    return acc
+
+
+def dummy_plain(ctx: HEContext, level: int) -> sealapi.Plaintext:
+    """The constant 1 at ``level``: the stand-in for a zero block (SEAL refuses products that
+    are exactly zero), whose product is computed and discarded."""
+    one = np.zeros(ctx.n, dtype=np.int64)
+    one[0] = 1
+    return ctx.plain_small(one, level)
 
 
 def block_poly(w: np.ndarray, plan: MatmulPlan, b: int, c: int) -> np.ndarray:
@@ -311,6 +391,8 @@ def encode_weights(
     *,
     cache: str = "auto",
     max_cache_bytes: int = MAX_CACHE_BYTES,
+    skip_zero_blocks: bool = False,
+    public_zero: Sequence[np.ndarray] | None = None,
 ) -> EncodedWeights:
     """Encode W_1..W_M for ``plan`` (setup).
 
@@ -322,6 +404,11 @@ def encode_weights(
         cache: ``"ntt"`` (NTT plaintexts of every block, fastest online), ``"blocks"`` (only
             the matrices; blocks encoded on use) or ``"auto"`` (NTT if it takes at most
             ``max_cache_bytes``, i.e. n·8·L bytes per block of d_b·h_b weights).
+        skip_zero_blocks: neither encode nor multiply all-zero blocks (faster on sparse
+            weights; LEAKS which blocks are zero through the server's timing, see
+            :class:`EncodedWeights`).
+        public_zero: per matrix, (nb, nc) flags of blocks zero by public structure (skipped;
+            the weights must be zero there).
     """
     if ctx.params.name != plan.params:
         raise HEError(f"plan is for {plan.params}, context is {ctx.params.name}")
@@ -343,13 +430,19 @@ def encode_weights(
         else:
             w = w.astype(U64)
         mats.append(w)
+    polys_m = [layout_w(w, plan, m) for m, w in enumerate(mats)]
+    zero = [~polys.any(axis=-1) for polys in polys_m]
+    pz = None if public_zero is None else [np.asarray(z, dtype=bool) for z in public_zero]
+    if pz is not None and any((p & ~z).any() for p, z in zip(pz, zero, strict=True)):
+        raise ValueError("a block marked public_zero holds nonzero weights")
+    enc = EncodedWeights(plan, None, mats, zero, skip_zero_blocks, pz)
     if cache == "blocks":
-        return EncodedWeights(plan, None, mats)
+        return enc
     plains: list[list[list[sealapi.Plaintext | None]]] = []
-    for m, w in enumerate(mats):
-        polys = layout_w(w, plan, m)
+    for m, polys in enumerate(polys_m):
         rows: list[list[sealapi.Plaintext | None]] = [[None] * plan.nc(m) for _ in range(plan.nb)]
-        idx = [(b, c) for b in range(plan.nb) for c in range(plan.nc(m)) if polys[b, c].any()]
+        blocks = [(b, c) for b in range(plan.nb) for c in range(plan.nc(m))]
+        idx = [(b, c) for b, c in blocks if not enc.skipped(m, b, c)]
         if plan.w_bits <= 36:
             for b, c in idx:
                 rows[b][c] = _to_plain(ctx, polys[b, c], plan)
@@ -359,7 +452,8 @@ def encode_weights(
             for (b, c), pt in zip(idx, ctx.plains_rns(res), strict=True):
                 rows[b][c] = pt
         plains.append(rows)
-    return EncodedWeights(plan, plains, mats)
+    enc.plains = plains
+    return enc
 
 
 # --- the two sides' local steps -------------------------------------------------------------
@@ -410,12 +504,12 @@ def step_server_eval(
     Returns the server's shares −R_m, c1 (n_out, 2, N) and c0 at the outputs (2, P).
     """
     ctx, plan = he.ctx, enc.plan
-    ev = ctx.evaluator
     packer = ReturnPacker(ctx, he.pk, plan.beta)
     shares = [np.zeros((plan.t, h), dtype=U64) for h in plan.hs]
     c1_out = np.empty((plan.n_out, ctx.out, ctx.n), dtype=U64)
     c0_out = []
     tmp = sealapi.Ciphertext(ctx.seal)
+    dummy, discarded = dummy_plain(ctx, plan.level), None
     outs = iter(enumerate(plan.outputs()))
     for m in range(len(plan.hs)):
         for c in range(plan.nc(m)):
@@ -423,15 +517,14 @@ def step_server_eval(
             for b in range(plan.nb):
                 pt = enc.plain(ctx, m, b, c)  # encoded once per call, reused for every r
                 if pt is None:
-                    continue
+                    continue  # a zero block the operator chose to skip
+                zero = enc.zero[m][b, c]
                 for r in range(plan.nr):
                     ct_in = cts[r * plan.nb + b]
-                    if accs[r] is None:
-                        accs[r] = sealapi.Ciphertext(ctx.seal)
-                        ev.multiply_plain(ct_in, pt, accs[r])
+                    if zero:  # the same work as any block, the result discarded
+                        discarded = mul_acc(ctx, ct_in, dummy, discarded, tmp)
                     else:
-                        ev.multiply_plain(ct_in, pt, tmp)
-                        ev.add_inplace(accs[r], tmp)
+                        accs[r] = mul_acc(ctx, ct_in, pt, accs[r], tmp)
             for r in range(plan.nr):
                 k, (m_, r_, c_, tr, hc) = next(outs)
                 assert (m_, r_, c_) == (m, r, c)
@@ -445,23 +538,19 @@ def step_server_eval(
     return shares, c1_out, np.concatenate(c0_out, axis=1)
 
 
-def pack_results(he: ServerHE | ClientHE, c1: np.ndarray, c0: np.ndarray):
-    """Wire form of returned ciphertexts: c1 (k, 2, N), c0 (2, P) → two ``uint8`` arrays."""
-    widths = he.ctx.params.byte_widths[: he.ctx.out]
-    return pack_residues(c1, widths), pack_residues(c0, widths)
+def pack_results(he: ServerHE | ClientHE, plan: MatmulPlan, c1: np.ndarray, c0: np.ndarray):
+    """Wire form of returned ciphertexts of ``plan``: c1 (k, 2, N), c0 (2, P) → two ``uint8``
+    arrays with :attr:`MatmulPlan.ret_bits` bits per coefficient."""
+    return pack_returned(he.ctx, c1, c0, plan.ret_bits)
 
 
 def step_client_decrypt(
     he: ClientHE, plan: MatmulPlan, c1b: np.ndarray, c0b: np.ndarray, count: int = 1
 ) -> list[list[np.ndarray]]:
     """Client's shares X_k·W_m + R_m (``count`` products of the same plan, in order)."""
-    ctx = he.ctx
-    widths = ctx.params.byte_widths[: ctx.out]
-    c1b = np.asarray(c1b)
-    if c1b.ndim != 2 or c1b.shape[0] != count * plan.n_out:
-        raise HEError(f"expected {count * plan.n_out} result ciphertexts, got {c1b.shape}")
-    c1 = unpack_residues(c1b, widths, ctx.n)
-    c0 = unpack_residues(np.asarray(c0b), widths, count * plan.n_positions)
+    c1, c0 = unpack_returned(
+        he.ctx, c1b, c0b, plan.ret_bits, count * plan.n_out, count * plan.n_positions
+    )
     outs = list(plan.outputs())
     positions = [plan.positions(tr, hc) for (_m, _r, _c, tr, hc) in outs] * count
     splits = np.cumsum([len(p) for p in positions])[:-1]
@@ -526,7 +615,7 @@ async def matmul_server(
     def work():
         (cts,) = step_server_import(he, plan, bytes(msg["seed"]), np.asarray(msg["c0"]), [x_s])
         shares, c1, c0 = step_server_eval(he, weights, cts, prg)
-        return shares, *pack_results(he, c1, c0)
+        return shares, *pack_results(he, plan, c1, c0)
 
     shares, c1b, c0b = await asyncio.to_thread(work)
     await ch.send({"c1": c1b, "c0": c0b}, tag="he/mm/y")
@@ -546,13 +635,7 @@ def ideal_matmul(
     return [ring.reduce(x @ np.asarray(w).astype(np.int64).astype(U64)) for w in weights]
 
 
-def plan_summary(plan: MatmulPlan) -> dict[str, int]:
-    """The plan's blocks, level and counts (for benchmark output)."""
-    keys = ("tb", "db", "hb", "level", "beta", "n_in", "n_out", "products")
-    return {k: int(getattr(plan, k)) for k in keys}
-
-
-def _encoded_size(msg: dict) -> int:
+def encoded_size(msg: dict) -> int:
     from ..net.codec import encode
 
     return len(encode(msg))
@@ -561,154 +644,31 @@ def _encoded_size(msg: dict) -> int:
 def matmul_cost(plan: MatmulPlan) -> dict[str, int]:
     """Declared cost: payload bytes each direction (exact, codec included), rounds, messages.
 
-    The ciphertext part is n_in·N·B_in (+16-byte seed) client→server and
-    n_out·N·B_L + T·Σh·B_L server→client; the codec adds a few dozen bytes per message.
+    The ciphertext part is :meth:`MatmulPlan.ct_bytes`; the codec adds a few dozen bytes per
+    message.
     """
     params = params_for(plan.params)
     b_in = sum(params.byte_widths[: plan.level])
-    b_out = params.out_coeff_bytes
     c2s = {
         "plan": plan.wire(),
         "seed": bytes(16),
         "c0": np.zeros((plan.n_in, plan.n * b_in), dtype=np.uint8),
     }
-    s2c = {
-        "c1": np.zeros((plan.n_out, plan.n * b_out), dtype=np.uint8),
-        "c0": np.zeros(plan.n_positions * b_out, dtype=np.uint8),
-    }
+    s2c = returned_shapes(plan)
     return {
-        "bytes_c2s": _encoded_size(c2s),
-        "bytes_s2c": _encoded_size(s2c),
-        "ct_bytes_c2s": plan.n_in * plan.n * b_in + 16,
-        "ct_bytes_s2c": (plan.n_out * plan.n + plan.n_positions) * b_out,
+        "bytes_c2s": encoded_size(c2s),
+        "bytes_s2c": encoded_size(s2c),
+        "ct_bytes_c2s": plan.ct_bytes()[0],
+        "ct_bytes_s2c": plan.ct_bytes()[1],
         "rounds": 2,
         "messages": 2,
     }
 
 
-def matmul_lower_bound(t: int, d: int, hs: Sequence[int], params: HEParams, w_bits: int = 16):
-    """Bytes of the best real-valued block sizes for this packing (continuous relaxation)."""
-    plan = plan_matmul(t, d, hs, params, w_bits=w_bits)
-    n = params.n
-    s_in = n * sum(params.byte_widths[: plan.level])
-    s_out = n * params.out_coeff_bytes
-    tb = min(t, n)
-    prod = (t / tb) ** 2 * d * sum(hs) / (n / tb)  # n_in·n_out ≥ T²·d·H/(T_b·N)
-    return 2 * math.sqrt(prod * s_in * s_out) + t * sum(hs) * params.out_coeff_bytes
-
-
-# --- benchmark entry point -----------------------------------------------------------------
-
-
-async def bench_matmul(
-    ch: Channel,
-    shape: tuple[int, int, int],
-    mode: str = "plain-weight",
-    experts: int = 1,
-    *,
-    seed: bytes = b"secmoe-bench-mm!",
-    w_bits: int = 16,
-    params: HEParams | None = None,
-) -> dict:
-    """Benchmark one HE matrix product; both parties call it with the same arguments.
-
-    ``shape`` is (T, D, H). ``mode``: ``"plain-weight"`` (X shared, W the server's),
-    ``"secret-secret"`` (A T×D and B D×H both shared; ``experts`` = number of independent
-    products, e.g. heads) or ``"select"`` (encrypted selection of one of ``experts`` weight
-    matrices per token). Test data comes from a public seed (it is a benchmark); setup is timed
-    and counted apart (phase ``setup``), and the result is revealed after the measurement
-    (phase ``check``) to report the error against numpy. Returns a JSON-ready dict on both
-    parties.
-    """
-    if mode == "plain-weight":
-        return await _bench_plain(ch, shape, experts, seed, w_bits, params)
-    if mode == "secret-secret":
-        from .he_secret import bench_secret
-
-        return await bench_secret(ch, shape, experts, seed=seed, params=params)
-    if mode == "select":
-        from .he_select import bench_select
-
-        return await bench_select(ch, shape, experts, seed=seed, w_bits=w_bits, params=params)
-    raise ValueError(f"unknown matmul mode {mode!r}")
-
-
-async def _barrier(ch: Channel) -> None:
-    """Wait until the server's setup work is done (so online timings exclude it)."""
-    with ch.phase("setup"):
-        if ch.role == "server":
-            await ch.send(None, tag="he/bench/ready")
-        else:
-            await ch.recv(tag="he/bench/ready")
-
-
-async def _reveal_check(ch: Channel, mine: list[np.ndarray], ideal: list[np.ndarray]) -> dict:
-    """Reveal shares to the client (phase ``check``) and compare with the ideal result."""
-    with ch.phase("check"):
-        if ch.role == "server":
-            await ch.send(list(mine), tag="he/bench/reveal")
-            return {}
-        theirs = await ch.recv(tag="he/bench/reveal")
-    errs = []
-    for a, b, ref in zip(mine, theirs, ideal, strict=True):
-        got = (np.asarray(a, dtype=U64) + np.asarray(b, dtype=U64)).view(np.int64)
-        errs.append(int(np.abs(got - np.asarray(ref, dtype=U64).view(np.int64)).max()))
-    return {"max_abs_error": max(errs) if errs else 0, "exact": all(e == 0 for e in errs)}
-
-
-def bench_figures(online: Delta, setup: Delta, t0: float, t1: float, t2: float) -> dict:
-    """The measured figures of an HE benchmark: online bytes and rounds, setup bytes, and the
-    setup (t0→t1) and online (t1→t2) times."""
+def returned_shapes(plan: MatmulPlan, count: int = 1) -> dict[str, np.ndarray]:
+    """Zero arrays shaped as :func:`pack_results` of ``count`` products (for declared costs)."""
+    bits = plan.ret_bits
     return {
-        "bytes_c2s": online.bytes_c2s,
-        "bytes_s2c": online.bytes_s2c,
-        "bytes_total": online.bytes_total,
-        "rounds": online.rounds,
-        "seconds": t2 - t1,
-        "setup_seconds": t1 - t0,
-        "setup_bytes": setup.bytes_total,
-    }
-
-
-async def _bench_plain(ch, shape, experts, seed, w_bits, params) -> dict:
-    params = params or HE_8K
-    t, d, h = shape
-    data = PRG(seed)
-    x = data.ring((t, d))
-    x_c = data.ring((t, d))
-    x_s = x - x_c
-    lim = 1 << (w_bits - 1)
-    weights = [data.below(2 * lim - 1, (d, h)).astype(np.int64) - (lim - 1) for _ in range(experts)]
-    prg = PRG()
-    plan = plan_matmul(t, d, [h] * experts, params, w_bits=w_bits)
-    t0 = time.perf_counter()
-    snap0 = ch.stats.snapshot()
-    if ch.role == "client":
-        he = await setup_client(ch, prg, params)
-    else:
-        he_s = await setup_server(ch, params)
-        enc = await asyncio.to_thread(encode_weights, he_s.ctx, weights, plan)
-    await _barrier(ch)
-    setup = ch.stats.since(snap0)
-    t1 = time.perf_counter()
-    snap = ch.stats.snapshot()
-    with ch.phase("online"):
-        if ch.role == "client":
-            mine = await matmul_client(ch, he, x_c, plan, prg)
-        else:
-            mine = await matmul_server(ch, he_s, x_s, enc, prg)
-    online = ch.stats.since(snap)
-    t2 = time.perf_counter()
-    ideal = ideal_matmul(x_c, x_s, weights)
-    check = await _reveal_check(ch, mine, ideal)
-    return {
-        "op": "matmul",
-        "mode": "plain-weight",
-        "shape": list(shape),
-        "experts": experts,
-        "params": params.name,
-        "plan": plan_summary(plan),
-        **bench_figures(online, setup, t0, t1, t2),
-        "declared": matmul_cost(plan),
-        **check,
+        "c1": np.zeros((count * plan.n_out, -(-plan.n * bits.bits_c1 // 8)), dtype=np.uint8),
+        "c0": np.zeros(-(-count * plan.n_positions * bits.bits_c0 // 8), dtype=np.uint8),
     }

@@ -12,6 +12,15 @@ which the server's "weights" are its shares (arbitrary ring elements, ``w_bits``
 client encrypts A_c and B_cᵀ, the server multiplies by B_s and A_sᵀ, masks, floods and returns.
 Both cross products travel in the same two messages.
 
+**Heads fused.** Small products would each fill a whole ciphertext (at T = 8, one head of
+q·kᵀ uses 512 of N = 16384 coefficients, both ways). So the K products go in groups of g:
+one product [A_1 | … | A_g]·diag(B_1, …, B_g) of shape (T, g·d)·(g·d, g·h), whose
+block-diagonal "weights" the server holds (and [B_1ᵀ | … | B_gᵀ]·diag(A_1ᵀ, …, A_gᵀ) for the
+other cross term); head j's result is its column block. The packing's blocks then span several
+heads on the input side, and the blocks outside the diagonal, zero by this public structure,
+are not multiplied (which reveals nothing). :func:`plan_secret_matmul` picks g (a divisor of
+K) and the packing that minimize the bytes — a public function of the shapes.
+
 **Who learns what.** As in :mod:`secmoe.protocols.he_linear`: the server sees only
 ciphertexts; the client decrypts uniformly masked values, with the noise at each decryptable
 coefficient flooded against the server's shares (now 64-bit plaintexts, hence the 2^64-times
@@ -28,43 +37,42 @@ products as HE cross terms; packing as in Cheetah §3.1.
       ◀── he/ss/y: c1_l, c0_l, c1_r, c0_r (masked, flooded, at q_L) ───────
       C_c = A_c·B_c + (A_c·B_s + R_l) + (A_s·B_c + R_rᵀ)       C_s = A_s·B_s − R_l − R_rᵀ
 
-**Cost.** Two plain-weight products (:func:`secret_matmul_cost` is exact), two flights.
+**Cost.** Two plain-weight products per group, K/g groups (:func:`secret_matmul_cost` is
+exact): c2s (K/g)·(n_in,l·B_in,l + n_in,r·B_in,r)·N + 32, s2c the returned ciphertexts of both
+(:meth:`~secmoe.protocols.he_linear.MatmulPlan.ct_bytes`); two flights. At T = 8, d = 64,
+h = 8, K = 12 (attention's q·kᵀ at Switch-Base dims): g = 4, 6.8 MB (16.1 MB with one
+product per head and all 80 bits of each returned coefficient).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..crypto.he import HEError
-from ..crypto.he_params import HE_16K, HEParams
+from ..crypto.he_params import FLOOD_UNION_BITS, HE_16K, HEParams
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
 from .he_linear import (
     FULL_RANGE,
     MatmulPlan,
-    _barrier,
-    _encoded_size,
-    _reveal_check,
-    bench_figures,
     encode_weights,
+    encoded_size,
     pack_results,
     plan_matmul,
-    plan_summary,
+    returned_shapes,
     step_client_decrypt,
     step_client_encrypt,
     step_server_eval,
     step_server_import,
 )
-from .he_setup import ClientHE, ServerHE, setup_client, setup_server
+from .he_setup import ClientHE, ServerHE
 
 __all__ = [
     "SecretMatmulPlan",
-    "bench_secret",
     "ideal_secret_matmul",
     "plan_secret_matmul",
     "secret_matmul_client",
@@ -77,23 +85,85 @@ U64 = np.uint64
 
 @dataclass(frozen=True)
 class SecretMatmulPlan:
-    """K products (T×d)·(d×h): ``left`` packs A_c·B_s, ``right`` packs B_cᵀ·A_sᵀ."""
+    """K products (T×d)·(d×h) in K/g groups of g heads: ``left`` packs the group's
+    [A_c,1 | … | A_c,g]·diag(B_s,1, …) (T×g·d by g·d×g·h), ``right`` packs
+    [B_c,1ᵀ | … | B_c,gᵀ]·diag(A_s,1ᵀ, …) (h×g·d by g·d×g·T)."""
 
     heads: int
+    group: int
     left: MatmulPlan
     right: MatmulPlan
 
+    @property
+    def groups(self) -> int:
+        return self.heads // self.group
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(T, d, h) of one product."""
+        return self.left.t, self.left.d // self.group, self.left.hs[0] // self.group
+
     def wire(self) -> list[int]:
+        """As integers (g is implied: ``left``'s d is g·d)."""
         return [self.heads, *self.left.wire(), *self.right.wire()]
+
+    def ct_bytes(self) -> int:
+        """Ciphertext bytes of the call, both directions."""
+        return sum(self.left.ct_bytes(self.groups)) + sum(self.right.ct_bytes(self.groups))
 
 
 def plan_secret_matmul(
-    t: int, d: int, h: int, heads: int = 1, params: HEParams = HE_16K
+    t: int,
+    d: int,
+    h: int,
+    heads: int = 1,
+    params: HEParams = HE_16K,
+    *,
+    union_bits: int = FLOOD_UNION_BITS,
 ) -> SecretMatmulPlan:
-    """Public plan for ``heads`` products (T×d)·(d×h) of shared matrices."""
-    left = plan_matmul(t, d, (h,), params, w_bits=FULL_RANGE)
-    right = plan_matmul(h, d, (t,), params, w_bits=FULL_RANGE)
-    return SecretMatmulPlan(heads, left, right)
+    """Public plan for ``heads`` products (T×d)·(d×h) of shared matrices (flooding for 2^κ
+    returned coefficients per key, κ = ``union_bits``): the group size g (a divisor of
+    ``heads``) with the fewest ciphertext bytes (ties: the smaller g)."""
+    best: SecretMatmulPlan | None = None
+    for g in (g for g in range(1, heads + 1) if heads % g == 0):
+        left = plan_matmul(t, g * d, (g * h,), params, w_bits=FULL_RANGE, union_bits=union_bits)
+        right = plan_matmul(h, g * d, (g * t,), params, w_bits=FULL_RANGE, union_bits=union_bits)
+        plan = SecretMatmulPlan(heads, g, left, right)
+        if best is None or plan.ct_bytes() < best.ct_bytes():
+            best = plan
+    assert best is not None
+    return best
+
+
+def _diag_zero(plan: MatmulPlan, group: int) -> np.ndarray:
+    """(nb, nc) flags: blocks of a block-diagonal (g·d', g·h') matrix outside the diagonal."""
+    d, h = plan.d // group, plan.hs[0] // group
+    rows = np.arange(plan.nb) * plan.db
+    cols = np.arange(plan.nc(0)) * plan.hb
+    r_lo, r_hi = rows // d, (np.minimum(rows + plan.db, plan.d) - 1) // d
+    c_lo, c_hi = cols // h, (np.minimum(cols + plan.hb, plan.hs[0]) - 1) // h
+    return (r_hi[:, None] < c_lo[None, :]) | (c_hi[None, :] < r_lo[:, None])
+
+
+def _hcat(x: np.ndarray) -> np.ndarray:
+    """[X_1 | … | X_g] of a stack (g, r, c) → (r, g·c)."""
+    g, r, c = x.shape
+    return x.transpose(1, 0, 2).reshape(r, g * c)
+
+
+def _block_diag(x: np.ndarray) -> np.ndarray:
+    """diag(X_1, …, X_g) of a stack (g, r, c) → (g·r, g·c)."""
+    g, r, c = x.shape
+    out = np.zeros((g * r, g * c), dtype=x.dtype)
+    for j in range(g):
+        out[j * r : (j + 1) * r, j * c : (j + 1) * c] = x[j]
+    return out
+
+
+def _split(y: np.ndarray, group: int) -> np.ndarray:
+    """Column blocks of (r, g·c) as a stack (g, r, c)."""
+    r, gc = y.shape
+    return y.reshape(r, group, gc // group).transpose(1, 0, 2)
 
 
 def _check(a: np.ndarray, b: np.ndarray, plan: SecretMatmulPlan, ring: Ring):
@@ -101,7 +171,7 @@ def _check(a: np.ndarray, b: np.ndarray, plan: SecretMatmulPlan, ring: Ring):
     b = ring.reduce(np.asarray(b, dtype=U64))
     if a.ndim == 2:
         a, b = a[None], b[None]
-    k, t, d, h = plan.heads, plan.left.t, plan.left.d, plan.left.hs[0]
+    k, (t, d, h) = plan.heads, plan.shape
     if a.shape != (k, t, d) or b.shape != (k, d, h):
         raise ValueError(f"shapes {a.shape}·{b.shape} do not match the plan {(k, t, d, h)}")
     return a, b
@@ -121,9 +191,14 @@ async def secret_matmul_client(
     flat = np.ndim(a_c) == 2
     a_c, b_c = _check(a_c, b_c, plan, ring)
 
+    g = plan.group
+    a_g = a_c.reshape(plan.groups, g, *a_c.shape[1:])
+    b_g = b_c.reshape(plan.groups, g, *b_c.shape[1:])
+
     def enc():
-        sl, cl = step_client_encrypt(he, list(a_c), plan.left, prg)
-        sr, cr = step_client_encrypt(he, [b.T for b in b_c], plan.right, prg)
+        sl, cl = step_client_encrypt(he, [_hcat(a) for a in a_g], plan.left, prg)
+        b_t = [_hcat(b.transpose(0, 2, 1)) for b in b_g]
+        sr, cr = step_client_encrypt(he, b_t, plan.right, prg)
         return sl, cl, sr, cr
 
     sl, cl, sr, cr = await asyncio.to_thread(enc)
@@ -132,10 +207,12 @@ async def secret_matmul_client(
     reply = await ch.recv(tag="he/ss/y")
 
     def dec():
-        k = plan.heads
-        yl = step_client_decrypt(he, plan.left, reply["c1_l"], reply["c0_l"], k)
-        yr = step_client_decrypt(he, plan.right, reply["c1_r"], reply["c0_r"], k)
-        return np.stack([a_c[i] @ b_c[i] + yl[i][0] + yr[i][0].T for i in range(k)])
+        n = plan.groups
+        yl = step_client_decrypt(he, plan.left, reply["c1_l"], reply["c0_l"], n)
+        yr = step_client_decrypt(he, plan.right, reply["c1_r"], reply["c0_r"], n)
+        cross_l = np.concatenate([_split(y[0], g) for y in yl])
+        cross_r = np.concatenate([_split(y[0], g) for y in yr]).transpose(0, 2, 1)
+        return a_c @ b_c + cross_l + cross_r
 
     out = ring.reduce(await asyncio.to_thread(dec))
     return out[0] if flat else out
@@ -159,24 +236,29 @@ async def secret_matmul_server(
         raise HEError(f"secret-matmul plans differ: server {plan.wire()}, client {msg['plan']}")
 
     def work():
-        k = plan.heads
-        none = [None] * k
+        g, n = plan.group, plan.groups
+        none = [None] * n
         cts_l = step_server_import(he, plan.left, bytes(msg["seed_l"]), msg["c0_l"], none)
         cts_r = step_server_import(he, plan.right, bytes(msg["seed_r"]), msg["c0_r"], none)
-        out, c1l, c0l, c1r, c0r = [], [], [], [], []
-        for i in range(k):
-            enc_l = encode_weights(he.ctx, [b_s[i]], plan.left)
+        zero_l, zero_r = [_diag_zero(plan.left, g)], [_diag_zero(plan.right, g)]
+        out = a_s @ b_s
+        c1l, c0l, c1r, c0r = [], [], [], []
+        for i in range(n):
+            heads = slice(i * g, (i + 1) * g)
+            w_l = _block_diag(b_s[heads])
+            enc_l = encode_weights(he.ctx, [w_l], plan.left, public_zero=zero_l)
             sh_l, c1, c0 = step_server_eval(he, enc_l, cts_l[i], prg)
             c1l.append(c1)
             c0l.append(c0)
-            enc_r = encode_weights(he.ctx, [a_s[i].T], plan.right)
+            w_r = _block_diag(a_s[heads].transpose(0, 2, 1))
+            enc_r = encode_weights(he.ctx, [w_r], plan.right, public_zero=zero_r)
             sh_r, c1, c0 = step_server_eval(he, enc_r, cts_r[i], prg)
             c1r.append(c1)
             c0r.append(c0)
-            out.append(a_s[i] @ b_s[i] + sh_l[0] + sh_r[0].T)
-        pl = pack_results(he, np.concatenate(c1l), np.concatenate(c0l, axis=1))
-        pr = pack_results(he, np.concatenate(c1r), np.concatenate(c0r, axis=1))
-        return np.stack(out), pl, pr
+            out[heads] += _split(sh_l[0], g) + _split(sh_r[0], g).transpose(0, 2, 1)
+        pl = pack_results(he, plan.left, np.concatenate(c1l), np.concatenate(c0l, axis=1))
+        pr = pack_results(he, plan.right, np.concatenate(c1r), np.concatenate(c0r, axis=1))
+        return out, pl, pr
 
     out, (c1l, c0l), (c1r, c0r) = await asyncio.to_thread(work)
     await ch.send({"c1_l": c1l, "c0_l": c0l, "c1_r": c1r, "c0_r": c0r}, tag="he/ss/y")
@@ -198,19 +280,13 @@ def secret_matmul_cost(plan: SecretMatmulPlan) -> dict[str, int]:
     from ..crypto.he_params import params_for
 
     params = params_for(plan.left.params)
-    b_out = params.out_coeff_bytes
-    k = plan.heads
+    k = plan.groups
 
     def c0(p: MatmulPlan) -> np.ndarray:
         width = p.n * sum(params.byte_widths[: p.level])
         return np.zeros((k * p.n_in, width), dtype=np.uint8)
 
-    def res(p: MatmulPlan) -> tuple[np.ndarray, np.ndarray]:
-        c1 = np.zeros((k * p.n_out, p.n * b_out), dtype=np.uint8)
-        return c1, np.zeros(k * p.n_positions * b_out, dtype=np.uint8)
-
-    c1l, c0l = res(plan.left)
-    c1r, c0r = res(plan.right)
+    left, right = returned_shapes(plan.left, k), returned_shapes(plan.right, k)
     c2s = {
         "plan": plan.wire(),
         "seed_l": bytes(16),
@@ -218,58 +294,10 @@ def secret_matmul_cost(plan: SecretMatmulPlan) -> dict[str, int]:
         "seed_r": bytes(16),
         "c0_r": c0(plan.right),
     }
-    s2c = {"c1_l": c1l, "c0_l": c0l, "c1_r": c1r, "c0_r": c0r}
+    s2c = {"c1_l": left["c1"], "c0_l": left["c0"], "c1_r": right["c1"], "c0_r": right["c0"]}
     return {
-        "bytes_c2s": _encoded_size(c2s),
-        "bytes_s2c": _encoded_size(s2c),
+        "bytes_c2s": encoded_size(c2s),
+        "bytes_s2c": encoded_size(s2c),
         "rounds": 2,
         "messages": 2,
-    }
-
-
-async def bench_secret(
-    ch: Channel,
-    shape: tuple[int, int, int],
-    heads: int = 1,
-    *,
-    seed: bytes = b"secmoe-bench-ss!",
-    params: HEParams | None = None,
-) -> dict:
-    """Benchmark ``heads`` secret × secret products (T×D)·(D×H); both parties call it."""
-    params = params or HE_16K
-    t, d, h = shape
-    data = PRG(seed)
-    a_c, a_s = data.ring((heads, t, d)), data.ring((heads, t, d))
-    b_c, b_s = data.ring((heads, d, h)), data.ring((heads, d, h))
-    prg = PRG()
-    plan = plan_secret_matmul(t, d, h, heads, params)
-    t0 = time.perf_counter()
-    snap0 = ch.stats.snapshot()
-    if ch.role == "client":
-        he = await setup_client(ch, prg, params)
-    else:
-        he_s = await setup_server(ch, params)
-    await _barrier(ch)
-    setup = ch.stats.since(snap0)
-    t1 = time.perf_counter()
-    snap = ch.stats.snapshot()
-    with ch.phase("online"):
-        if ch.role == "client":
-            mine = await secret_matmul_client(ch, he, a_c, b_c, plan, prg)
-        else:
-            mine = await secret_matmul_server(ch, he_s, a_s, b_s, plan, prg)
-    online = ch.stats.since(snap)
-    t2 = time.perf_counter()
-    ideal = ideal_secret_matmul(a_c, a_s, b_c, b_s)
-    check = await _reveal_check(ch, [mine], [ideal])
-    return {
-        "op": "matmul",
-        "mode": "secret-secret",
-        "shape": list(shape),
-        "heads": heads,
-        "params": params.name,
-        "plan": {"left": plan_summary(plan.left), "right": plan_summary(plan.right)},
-        **bench_figures(online, setup, t0, t1, t2),
-        "declared": secret_matmul_cost(plan),
-        **check,
     }

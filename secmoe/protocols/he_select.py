@@ -34,7 +34,9 @@ Angel et al., S&P 2018, eprint 2017/1142; coefficient packing from Cheetah, epri
       ◀── he/sel/y: c1 [T·Σ⌈h_m/h_b⌉ × N], c0 at outputs ───────────────────
       shares x_k·W_{r_k} + R                                 −R
 
-**Cost.** c2s: (1 + T·⌈d/d_b⌉)·N·B_in bytes, s2c: T·Σ⌈h_m/h_b⌉·N·B_L + T·Σh_m·B_L bytes:
+**Cost.** c2s: (1 + T·⌈d/d_b⌉)·N·B_in + 32 bytes (c0 only, a as seeds), s2c:
+T·Σ⌈h_m/h_b⌉·⌈N·b1/8⌉ + ⌈T·Σh_m·b0/8⌉ bytes (b1, b0: the bits of each returned coefficient
+decryption needs, :func:`~secmoe.crypto.he_params.plan_return_bits`):
 **independent of E** (E only enters the noise, hence possibly the input level). Setup: the
 public key, relinearization keys and ⌈log2 T·E⌉ Galois keys. Server work grows linearly with E:
 T·E·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ plaintext products (the selection), plus T·E − 1 automorphisms and
@@ -61,20 +63,30 @@ from ..crypto.he import (
     pack_fresh,
     unpack_fresh,
 )
-from ..crypto.he_params import CBD_ETA, HE_16K, HEParams, params_for, plan_noise
+from ..crypto.he_params import (
+    CBD_ETA,
+    FLOOD_UNION_BITS,
+    HE_16K,
+    HEParams,
+    params_for,
+    plan_noise,
+    plan_return_bits,
+)
 from ..crypto.he_rns import centered_to_rns
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
 from .he_linear import (
     MatmulPlan,
-    _barrier,
-    _candidates,
-    _encoded_size,
-    bench_figures,
+    block_candidates,
+    dummy_plain,
+    encoded_size,
     layout_w,
     layout_x,
+    mul_acc,
     pack_results,
+    ret_bytes,
+    returned_shapes,
     step_client_decrypt,
 )
 from .he_setup import ClientHE, ServerHE, expansion_galois_elements, setup_client, setup_server
@@ -82,7 +94,6 @@ from .he_setup import ClientHE, ServerHE, expansion_galois_elements, setup_clien
 __all__ = [
     "SelectPlan",
     "SelectWeights",
-    "bench_select",
     "encode_select_weights",
     "ideal_select",
     "plan_select",
@@ -166,8 +177,10 @@ def plan_select(
     params: HEParams = HE_16K,
     *,
     w_bits: int = 16,
+    union_bits: int = FLOOD_UNION_BITS,
 ) -> SelectPlan:
-    """The block sizes (d_b, h_b, d_b·h_b ≤ N) minimizing the bytes on the wire."""
+    """The block sizes (d_b, h_b, d_b·h_b ≤ N) minimizing the bytes on the wire (flooding for
+    2^κ returned coefficients per key, κ = ``union_bits``)."""
     hs = tuple(int(h) for h in hs)
     if min(t, e, d, *hs) < 1 or t * e > params.n:
         raise ValueError("selection shapes must be positive with T·E ≤ N")
@@ -175,13 +188,14 @@ def plan_select(
     lam = max(1, (t * e - 1).bit_length())
     hmax = max(hs)
     best = None
-    for db in _candidates(d, n):
+    for db in block_candidates(d, n):
         cap = min(hmax, n // db)
         hb = -(-hmax // -(-hmax // cap))
         level = None
         for lv in range(params.out_primes, len(params.primes) + 1):
             try:
-                noise = plan_noise(params, select_noise_log2(params, e, lam, db, hb, w_bits, lv))
+                bound = select_noise_log2(params, e, lam, db, hb, w_bits, lv)
+                noise = plan_noise(params, bound, union_bits=union_bits)
             except ValueError:
                 continue
             if noise.level <= lv:
@@ -192,7 +206,8 @@ def plan_select(
         nb = -(-d // db)
         n_out = t * sum(-(-h // hb) for h in hs)
         in_bytes = n * sum(params.byte_widths[:level])
-        cost = (1 + t * nb) * in_bytes + n_out * n * params.out_coeff_bytes
+        bits = plan_return_bits(params, noise.beta, level, n_out * n, t * sum(hs))
+        cost = (1 + t * nb) * in_bytes + ret_bytes(bits, n_out, n, t * sum(hs))
         key = (cost, nb * n_out)
         if best is None or key < best[0]:
             best = (key, db, hb, level, noise.beta)
@@ -205,14 +220,20 @@ def plan_select(
 
 @dataclass
 class SelectWeights:
-    """The server's expert weights in the per-token layout: ``polys[j][m]`` is (nb, nc, N)."""
+    """The server's expert weights in the per-token layout: ``polys[j][m]`` is (nb, nc, N).
+
+    As in :class:`~secmoe.protocols.he_linear.EncodedWeights`, zero blocks cost the same work
+    as any other unless ``skip_zero_blocks`` (an operator option that LEAKS, through the
+    server's timing, which blocks of the experts' weights are zero).
+    """
 
     plan: SelectPlan
     polys: list[list[np.ndarray]]
+    skip_zero_blocks: bool = False
 
 
 def encode_select_weights(
-    weights: Sequence[Sequence[np.ndarray]], plan: SelectPlan
+    weights: Sequence[Sequence[np.ndarray]], plan: SelectPlan, *, skip_zero_blocks: bool = False
 ) -> SelectWeights:
     """Lay out ``weights[j][m]`` (expert j, matrix m, d×h_m signed) for ``plan`` (setup)."""
     tok = plan.token
@@ -231,7 +252,7 @@ def encode_select_weights(
                 raise ValueError(f"weights exceed the public bound 2^{tok.w_bits - 1}")
             row.append(layout_w(w, tok, m))
         polys.append(row)
-    return SelectWeights(plan, polys)
+    return SelectWeights(plan, polys, skip_zero_blocks)
 
 
 # --- local steps ----------------------------------------------------------------------------
@@ -324,6 +345,8 @@ def step_server_eval(
     nb, t, e = tok.nb, plan.t, plan.e
     results: dict[tuple[int, int, int], tuple] = {}
     tmp = sealapi.Ciphertext(ctx.seal)
+    dummy, discarded = dummy_plain(ctx, lv), None  # zero blocks: the same work, discarded
+    skip = weights.skip_zero_blocks
     t_sel = t_ten = t_fin = 0.0
     for m in range(len(tok.hs)):
         for c in range(tok.nc(m)):
@@ -334,27 +357,25 @@ def step_server_eval(
                 wsel: list = [None] * t
                 for j in range(e):
                     poly = weights.polys[j][m][b, c]
-                    if not poly.any():
+                    zero = not poly.any()
+                    if zero and skip:
                         continue
-                    pt = ctx.plain_small(poly, lv)
+                    pt = ctx.plain_small(poly, lv)  # encoded even if zero (same time)
+                    pt = dummy if zero else pt
                     for k in range(t):
-                        if wsel[k] is None:
-                            wsel[k] = sealapi.Ciphertext(ctx.seal)
-                            ev.multiply_plain(tcts[k * e + j], pt, wsel[k])
+                        if zero:
+                            discarded = mul_acc(ctx, tcts[k * e + j], pt, discarded, tmp)
                         else:
-                            ev.multiply_plain(tcts[k * e + j], pt, tmp)
-                            ev.add_inplace(wsel[k], tmp)
+                            wsel[k] = mul_acc(ctx, tcts[k * e + j], pt, wsel[k], tmp)
                 s1 = time.perf_counter()
                 for k in range(t):  # tensor: (W0, W1) ⊗ (x0, x1), accumulated as A and B
-                    if wsel[k] is None:
+                    if wsel[k] is None and skip:
                         continue
                     for acc, xp in ((acc_a, x0), (acc_b, x1)):
-                        if acc[k] is None:
-                            acc[k] = sealapi.Ciphertext(ctx.seal)
-                            ev.multiply_plain(wsel[k], xp[k * nb + b], acc[k])
+                        if wsel[k] is None:  # the block is zero in every expert
+                            discarded = mul_acc(ctx, tcts[k * e], xp[k * nb + b], discarded, tmp)
                         else:
-                            ev.multiply_plain(wsel[k], xp[k * nb + b], tmp)
-                            ev.add_inplace(acc[k], tmp)
+                            acc[k] = mul_acc(ctx, wsel[k], xp[k * nb + b], acc[k], tmp)
                 t_sel += s1 - s0
                 t_ten += time.perf_counter() - s1
             s2 = time.perf_counter()
@@ -380,7 +401,7 @@ def step_server_eval(
             c1s.append(c1)
             c0s.append(c0p)
             shares[m][k, c * tok.hb : c * tok.hb + hc] = U64(0) - rmask
-    c1b, c0b = pack_results(he, np.stack(c1s), np.concatenate(c0s, axis=1))
+    c1b, c0b = pack_results(he, tok, np.stack(c1s), np.concatenate(c0s, axis=1))
     times["server_total"] = time.perf_counter() - t0
     return shares, c1b, c0b, times
 
@@ -474,7 +495,6 @@ def select_cost(plan: SelectPlan) -> dict[str, int]:
     """Declared online cost: payload bytes each direction (exact), rounds, messages."""
     params = params_for(plan.params)
     w_in = plan.n * sum(params.byte_widths[: plan.level])
-    b_out = params.out_coeff_bytes
     c2s = {
         "plan": plan.wire(),
         "seed_t": bytes(16),
@@ -482,13 +502,10 @@ def select_cost(plan: SelectPlan) -> dict[str, int]:
         "seed_x": bytes(16),
         "c0_x": np.zeros((plan.n_x, w_in), dtype=np.uint8),
     }
-    s2c = {
-        "c1": np.zeros((plan.n_out, plan.n * b_out), dtype=np.uint8),
-        "c0": np.zeros(plan.t * plan.token.n_positions * b_out, dtype=np.uint8),
-    }
+    s2c = returned_shapes(plan.token, plan.t)
     return {
-        "bytes_c2s": _encoded_size(c2s),
-        "bytes_s2c": _encoded_size(s2c),
+        "bytes_c2s": encoded_size(c2s),
+        "bytes_s2c": encoded_size(s2c),
         "rounds": 2,
         "messages": 2,
     }
@@ -506,82 +523,3 @@ async def setup_select_server(ch: Channel, plan: SelectPlan) -> ServerHE:
     params = params_for(plan.params)
     galois = expansion_galois_elements(params.n, plan.t * plan.e)
     return await setup_server(ch, params, relin=True, galois=galois)
-
-
-async def bench_select(
-    ch: Channel,
-    shape: tuple[int, int, int],
-    experts: int,
-    *,
-    seed: bytes = b"secmoe-bench-sel",
-    w_bits: int = 16,
-    params: HEParams | None = None,
-) -> dict:
-    """Benchmark encrypted selection for T tokens, (D×H) experts; both parties call it."""
-    params = params or HE_16K
-    t, d, h = shape
-    data = PRG(seed)
-    r = data.below(experts, t).astype(np.int64)
-    onehot = np.zeros((t, experts), dtype=U64)
-    onehot[np.arange(t), r] = 1
-    t_c = data.ring((t, experts))
-    t_s = onehot - t_c
-    x_c, x_s = data.ring((t, d)), data.ring((t, d))
-    lim = 1 << (w_bits - 1)
-    weights = [
-        [data.below(2 * lim - 1, (d, h)).astype(np.int64) - (lim - 1)] for _ in range(experts)
-    ]
-    prg = PRG()
-    plan = plan_select(t, experts, d, (h,), params, w_bits=w_bits)
-    t0 = time.perf_counter()
-    snap0 = ch.stats.snapshot()
-    if ch.role == "client":
-        he = await setup_select_client(ch, prg, plan)
-    else:
-        he_s = await setup_select_server(ch, plan)
-        enc = encode_select_weights(weights, plan)
-    await _barrier(ch)
-    setup = ch.stats.since(snap0)
-    t1 = time.perf_counter()
-    snap = ch.stats.snapshot()
-    timings: dict = {}
-    with ch.phase("online"):
-        if ch.role == "client":
-            mine = await select_client(ch, he, t_c, x_c, plan, prg)
-        else:
-            mine = await select_server(ch, he_s, t_s, x_s, enc, prg, timings=timings)
-    online = ch.stats.since(snap)
-    t2 = time.perf_counter()
-    with ch.phase("check"):
-        if ch.role == "server":
-            await ch.send([*mine, timings], tag="he/bench/reveal")
-            return {}
-        got = await ch.recv(tag="he/bench/reveal")
-    theirs, timings = got[:-1], got[-1]
-    ideal = ideal_select(t_c, t_s, x_c, x_s, weights)
-    err = 0
-    for a, b, ref in zip(mine, theirs, ideal, strict=True):
-        diff = (a + np.asarray(b, dtype=U64)).view(np.int64) - ref.view(np.int64)
-        err = max(err, int(np.abs(diff).max()))
-    tok = plan.token
-    return {
-        "op": "matmul",
-        "mode": "select",
-        "shape": list(shape),
-        "experts": experts,
-        "params": params.name,
-        "plan": {
-            "db": tok.db,
-            "hb": tok.hb,
-            "level": tok.level,
-            "beta": tok.beta,
-            "lambda": plan.lam,
-            "n_x": plan.n_x,
-            "n_out": plan.n_out,
-        },
-        **bench_figures(online, setup, t0, t1, t2),
-        "server_seconds": timings,
-        "declared": select_cost(plan),
-        "max_abs_error": err,
-        "exact": err == 0,
-    }

@@ -197,7 +197,7 @@ def test_planner_reaches_the_bert_base_ffn_budget():
 # --- protocol 2: secret × secret -------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("heads", "t", "d", "h"), [(2, 3, 5, 7), (1, 6, 17, 4)])
+@pytest.mark.parametrize(("heads", "t", "d", "h"), [(2, 3, 5, 7), (1, 6, 17, 4), (6, 2, 5, 3)])
 async def test_secret_secret_matmul_is_exact(heads, t, d, h):
     from secmoe.protocols.he_secret import (
         ideal_secret_matmul,
@@ -233,6 +233,27 @@ async def test_secret_secret_matmul_is_exact(heads, t, d, h):
         cost["bytes_s2c"],
         cost["rounds"],
     )
+
+
+def test_small_heads_are_fused_block_diagonally():
+    """At attention's q·kᵀ shape (T = 8, d = 64, K = 12 heads), one block-diagonal product per
+    group of heads sends less than half the bytes of one product per head."""
+    from secmoe.protocols.he_secret import _diag_zero, plan_secret_matmul
+
+    plan = plan_secret_matmul(8, 64, 8, 12)
+    single = plan_secret_matmul(8, 64, 8, 1)
+    assert plan.group > 1
+    assert plan.ct_bytes() < 0.5 * 12 * single.ct_bytes()
+    # the blocks skipped as zero by structure are exactly the zero blocks of diag(1, …, 1)
+    from secmoe.protocols.he_linear import layout_w
+    from secmoe.protocols.he_secret import _block_diag
+
+    g12 = plan_matmul(8, 12 * 64, (12 * 8,), HE_16K, w_bits=64)
+    for side, g in ((plan.left, plan.group), (plan.right, plan.group), (g12, 12)):
+        ones = np.ones((g, side.d // g, side.hs[0] // g), dtype=np.int64)
+        polys = layout_w(_block_diag(ones), side, 0)
+        assert np.array_equal(_diag_zero(side, g), ~polys.any(axis=-1))
+    assert _diag_zero(g12, 12).any()
 
 
 # --- protocol 3: encrypted selection --------------------------------------------------------
@@ -325,3 +346,39 @@ async def test_selection_without_evaluation_keys_is_refused():
 
     with pytest.raises(PartyError, match="Galois keys"):
         await run_local(client, server, timeout=60)
+
+
+# --- several weights, one product (attention's q, k, v) ----------------------------------
+
+
+async def test_fused_linear_matches_the_spec_and_sends_the_input_once():
+    """``linear_fused`` (one product, the client's X sent once) gives the fixed-point result
+    of each W_m and moves fewer bytes than one ``linear`` per weight."""
+    from secmoe.crypto.ring import DEFAULT_RING as R
+    from secmoe.ops import approx
+    from secmoe.ops.linear import linear, linear_fused, prepare
+    from tests.ops.helpers import run_he_parties
+    from tests.protocols.helpers import mine, opened, split
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4, 40))
+    ws = [rng.normal(size=(40, h)) * 0.5 for h in (24, 24, 12)]
+    xs = split(R.encode(x), R)
+
+    async def body(p):
+        if p.role == "server":
+            prepare(p, ws, 4)
+        theirs = ws if p.role == "server" else None
+        snap = p.ch.stats.snapshot()
+        fused = await linear_fused(p.fork("qkv"), mine(p, xs), theirs, [24, 24, 12])
+        one_product = p.ch.stats.since(snap).bytes_total
+        snap = p.ch.stats.snapshot()
+        for i, h in enumerate((24, 24, 12)):
+            await linear(p.fork(f"one{i}"), mine(p, xs), theirs and theirs[i], h)
+        return fused, (one_product, p.ch.stats.since(snap).bytes_total)
+
+    (cf, nbytes), (sf, _) = await run_he_parties(body)
+    for got, w in zip((opened(pair, R) for pair in zip(cf, sf, strict=True)), ws, strict=True):
+        want = approx.trunc(R.reduce(R.encode(x) @ R.encode(w)), R)
+        assert set(R.to_signed(R.reduce(got - want)).ravel().tolist()) <= {-1, 0}
+    assert nbytes[0] < nbytes[1]

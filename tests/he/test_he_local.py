@@ -16,15 +16,21 @@ from secmoe.crypto.he import (
     ReturnPacker,
     SecretKey,
     expand_a,
+    grow_returned,
     pack_fresh,
+    pack_returned,
+    shrink_returned,
     unpack_fresh,
+    unpack_returned,
 )
 from secmoe.crypto.he_params import (
     HE_8K,
     HE_16K,
     HE_STANDARD_128,
     HEParams,
+    ReturnBits,
     plan_noise,
+    plan_return_bits,
 )
 from secmoe.crypto.he_rns import (
     Decoder2,
@@ -295,3 +301,61 @@ def test_seal_secret_key_matches(ctx, keys):
     _pid, data = ser.parse_plaintext(ser.save_body(key))
     assert data.size == ctx.n * len(HE_8K.all_primes)
     assert np.array_equal(data[: ctx.n * 4].reshape(4, ctx.n), sk.s_ntt)
+
+
+# --- returned coefficients: only the bits decryption needs ---------------------------------
+
+
+def test_shrink_then_grow_is_within_half_a_dropped_unit(ctx):
+    """⌊c/2^k⌋ on the wire, ⌊c/2^k⌋·2^k + 2^(k−1) back: error in [−2^(k−1), 2^(k−1)),
+    checked with Python integers on random c and the ends of [0, q_L)."""
+    q0, q1 = ctx.primes[0], ctx.primes[1]
+    ql = q0 * q1
+    prg = PRG(b"s" * 16)
+    vals = [int(v) for v in prg.below(q0, 500)] + [0, 1, ql - 1, ql - 2**20, 2**64, 2**64 - 1]
+    vals += [int(v) * q0 + int(u) for v, u in np.stack([prg.below(q1, 500), prg.below(q0, 500)]).T]
+    res = np.array([[v % q0 for v in vals], [v % q1 for v in vals]], dtype=U64)
+    for drop in (0, 1, 5, 14, 63):
+        lo, hi = shrink_returned(ctx, res, drop)
+        bits = ql.bit_length() - drop
+        lo2, hi2 = ser.unpack_bits(ser.pack_bits(lo, hi, bits), bits, len(vals))
+        back = grow_returned(ctx, lo2, hi2, drop)
+        for j, v in enumerate(vals):
+            assert (int(hi[j]) << 64) + int(lo[j]) == v >> drop
+            w = ((v >> drop) << drop) + ((1 << drop) >> 1)
+            assert (int(back[0, j]), int(back[1, j])) == (w % q0, w % q1)
+            assert -(1 << drop >> 1) <= v - w < max(1, 1 << drop >> 1)
+
+
+def test_dropped_bits_keep_decryption_exact_at_the_budget_extreme(ctx, keys, monkeypatch):
+    """The largest flood the input level admits, every flooded coefficient at −2^β (the
+    extreme, instead of uniform), and the planned bits dropped: decryption is still exact at
+    every position; dropping 3 more bits of c0 breaks it (the budget is not slack)."""
+    sk, pk = keys
+    level = 3
+    bound = max(b for b in range(-40, 40) if plan_noise(HE_8K, b).level <= level)
+    beta = plan_noise(HE_8K, bound).beta
+    primes = ctx.primes[:level]
+
+    def extreme(_prg, b, ps, n):
+        return np.stack([np.full(n, (-(1 << b)) % q, dtype=U64) for q in ps])
+
+    monkeypatch.setattr("secmoe.crypto.he.sample_flood_rns", extreme)
+    prg = PRG(b"e" * 16)
+    m = prg.uint64((1, ctx.n))
+    seed, c0 = sk.encrypt(m, prg, level=level)
+    pos = np.arange(ctx.n)
+    r, c1, c0p = _server_product(ctx, pk, seed, c0, None, pos, beta, PRG(b"f" * 16), level)
+    bits = plan_return_bits(HE_8K, beta, level, ctx.n, len(pos))
+    assert bits.drop_c1 >= 1 and bits.drop_c0 >= 1
+    assert len(primes) == level
+
+    def decrypt(b: ReturnBits) -> np.ndarray:
+        c1b, c0b = pack_returned(ctx, c1[None], c0p, b)
+        assert c1b.nbytes == -(-ctx.n * b.bits_c1 // 8)
+        g1, g0 = unpack_returned(ctx, c1b, c0b, b, 1, len(pos))
+        return sk.decrypt_returned(g1, [g0], [pos])[0] - r
+
+    assert np.array_equal(decrypt(bits), m[0])
+    worse = ReturnBits(bits.full, bits.drop_c1, bits.drop_c0 + 3)
+    assert not np.array_equal(decrypt(worse), m[0])
