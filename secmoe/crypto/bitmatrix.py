@@ -142,3 +142,52 @@ def unpack_bits(buf: np.ndarray, count: int, bits: int) -> np.ndarray:
     full = np.zeros((count, 64), dtype=np.uint8)
     full[:, :bits] = b
     return np.packbits(full, axis=1, bitorder="little").view("<u8").reshape(count)
+
+
+def _field_layout(widths: np.ndarray) -> tuple[np.ndarray, int]:
+    """Bit offsets of the fields in a row and the row's bytes, ⌈Σ widths / 8⌉."""
+    w = np.asarray(widths, dtype=np.int64).reshape(-1)
+    if w.size == 0 or w.min() < 1 or w.max() > 64:
+        raise ValueError(f"field widths must be in [1, 64], got {w.tolist()}")
+    return np.concatenate([[0], np.cumsum(w)[:-1]]), -(-int(w.sum()) // 8)
+
+
+def fields_size(rows: int, widths: np.ndarray) -> int:
+    """Bytes that :func:`pack_fields` produces for ``rows`` rows."""
+    return rows * _field_layout(widths)[1]
+
+
+def pack_fields(x: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """Pack rows of L values of per-column widths: ``x`` is ``(rows, L)``; value (r, i) keeps
+    its low ``widths[i]`` bits. Each row is its fields LSB-first, in ⌈Σ widths / 8⌉ bytes."""
+    offsets, row_bytes = _field_layout(widths)
+    x = np.asarray(x, dtype=np.uint64)
+    if x.ndim != 2 or x.shape[1] != offsets.size:
+        raise ValueError(f"need (rows, {offsets.size}) values, got shape {x.shape}")
+    words = np.zeros((x.shape[0], -(-row_bytes // 8) + 1), dtype="<u8")
+    for i, (off, w) in enumerate(zip(offsets.tolist(), np.asarray(widths).tolist(), strict=True)):
+        v = x[:, i] & np.uint64((1 << w) - 1)
+        a, s = off // 64, off % 64
+        words[:, a] |= v << np.uint64(s)
+        if s + w > 64:
+            words[:, a + 1] |= v >> np.uint64(64 - s)
+    return words.view(np.uint8)[:, :row_bytes].reshape(-1)
+
+
+def unpack_fields(buf: np.ndarray, rows: int, widths: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`pack_fields`: ``(rows, L)`` uint64."""
+    offsets, row_bytes = _field_layout(widths)
+    buf = np.asarray(buf, dtype=np.uint8).reshape(-1)
+    if buf.size != rows * row_bytes:
+        raise ValueError(f"expected {rows * row_bytes} bytes, got {buf.size}")
+    raw = np.zeros((rows, 8 * (-(-row_bytes // 8) + 1)), dtype=np.uint8)
+    raw[:, :row_bytes] = buf.reshape(rows, row_bytes)
+    words = raw.view("<u8")
+    out = np.empty((rows, offsets.size), dtype=np.uint64)
+    for i, (off, w) in enumerate(zip(offsets.tolist(), np.asarray(widths).tolist(), strict=True)):
+        a, s = off // 64, off % 64
+        v = words[:, a] >> np.uint64(s)
+        if s + w > 64:
+            v |= words[:, a + 1] << np.uint64(64 - s)
+        out[:, i] = v & np.uint64((1 << w) - 1)
+    return out

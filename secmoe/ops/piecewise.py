@@ -310,7 +310,7 @@ def plan_work(n: int, m: int, plan: ComparePlan) -> tuple[int, int]:
     fields = groups * sum(s << (s - 1) for s in plan.digits)
     if plan.low:
         q = -(-plan.low // plan.radix)
-        cots += q * plan.radix + 2 * compare.and_count(q, False)
+        cots += q * plan.radix + 2 * compare.and_count(q)
         fields += q * (plan.radix << (plan.radix - 1))
     cots += 2 * m * (len(plan.digits) - (0 if plan.low else 1))
     return n * cots, n * fields

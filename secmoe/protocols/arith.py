@@ -31,10 +31,9 @@ def step_bits(x: np.ndarray, bits: int) -> np.ndarray:
     return ((np.asarray(x, dtype=np.uint64)[..., None] >> shifts) & np.uint64(1)).astype(bool)
 
 
-def step_powers(x: np.ndarray, ring: Ring) -> np.ndarray:
-    """x·2^i mod 2^ℓ for i < ℓ: the Gilboa correlations, shape ``x.shape + (ℓ,)``."""
-    shifts = np.arange(ring.bits, dtype=np.uint64)
-    return ring.reduce(np.asarray(x, dtype=np.uint64)[..., None] << shifts)
+def gilboa_widths(ring: Ring) -> np.ndarray:
+    """ℓ − i for i < ℓ: the bits that the COT of bit i carries (its result is scaled by 2^i)."""
+    return np.arange(ring.bits, 0, -1)
 
 
 def ideal_mul(x: np.ndarray, y: np.ndarray, ring: Ring) -> np.ndarray:
@@ -66,9 +65,10 @@ def _chunks(n: int) -> list[int]:
 async def _cross(p: Party, sender: str, mine: np.ndarray) -> np.ndarray:
     """Shares of x_sender · y_receiver (this party's input ``mine``), by ℓ COTs per element.
 
-    The receiver chooses with the bits of its y; the sender's correlation for bit i is x·2^i.
-    The receiver gets Σ_i (r_i + y_i·x·2^i) = R + x·y; the sender keeps −R. Consecutive
-    batches of :data:`MUL_CHUNK` elements bound the memory.
+    The receiver chooses with the bits of its y; the sender's correlation for bit i is x, in
+    an additive COT mod 2^(ℓ−i) (ℓ − i bits on the wire: only those survive the scaling by
+    2^i). The receiver gets Σ_i 2^i·(r_i + y_i·x) = R + x·y; the sender keeps −R with
+    R = Σ_i 2^i·r_i. Consecutive batches of :data:`MUL_CHUNK` elements bound the memory.
     """
     flat = mine.reshape(-1)
     out = np.empty(flat.size, dtype=np.uint64)
@@ -82,18 +82,21 @@ async def _cross(p: Party, sender: str, mine: np.ndarray) -> np.ndarray:
 async def _cross_batch(p: Party, sender: str, mine: np.ndarray) -> np.ndarray:
     """One batch of :func:`_cross` (1-D input)."""
     ring = p.ring
+    widths = gilboa_widths(ring)
+    scale = np.uint64(1) << np.arange(ring.bits, dtype=np.uint64)
     if p.role == sender:
-        r = await p.ot.acot_send(step_powers(mine, ring).reshape(-1), ring.bits)
-        return ring.reduce(np.uint64(0) - r.reshape(*mine.shape, ring.bits).sum(-1))
-    got = await p.ot.acot_recv(step_bits(mine, ring.bits).reshape(-1), ring.bits)
-    return ring.reduce(got.reshape(*mine.shape, ring.bits).sum(-1, dtype=np.uint64))
+        corr = np.repeat(ring.reduce(mine), ring.bits)
+        r = await p.ot.acot_send(corr, ring.bits, widths)
+        return ring.reduce(np.uint64(0) - (r.reshape(-1, ring.bits) * scale).sum(-1))
+    got = await p.ot.acot_recv(step_bits(mine, ring.bits).reshape(-1), ring.bits, None, widths)
+    return ring.reduce((got.reshape(-1, ring.bits) * scale).sum(-1, dtype=np.uint64))
 
 
 async def mul(p: Party, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Shares of x·y mod 2^ℓ (elementwise; no truncation).
 
     Message flow: the two cross products x_c·y_s and x_s·y_c, one COT batch each way,
-    concurrently. Cost: 2·n·ℓ COTs of ℓ bits (:func:`mul_cost`).
+    concurrently. Cost: 2·n·ℓ COTs carrying ℓ(ℓ+1) bits per element (:func:`cost_mul`).
     """
     ring = p.ring
     x, y = (ring.reduce(np.asarray(v, dtype=np.uint64)) for v in np.broadcast_arrays(x, y))
@@ -115,12 +118,13 @@ async def square(p: Party, x: np.ndarray) -> np.ndarray:
 
 
 def _cross_cost(pool: OTPool, c: int, ring: Ring, sender: str) -> Cost:
-    return Cost.of_ot(pool.cost("acot", c * ring.bits, ring.bits), sender)
+    acot = pool.cost("acot", c * ring.bits, ring.bits, widths=gilboa_widths(ring))
+    return Cost.of_ot(acot, sender)
 
 
 def cost_square(pool: OTPool, n: int, ring: Ring) -> Cost:
-    """Declared cost of :func:`square`: n·ℓ additive COTs of ℓ bits, client as sender, in
-    batches of :data:`MUL_CHUNK` elements."""
+    """Declared cost of :func:`square`: n·ℓ additive COTs of ℓ − i bits for bit i (ℓ(ℓ+1)/2
+    bits per element), client as sender, in batches of :data:`MUL_CHUNK` elements."""
     return sum((_cross_cost(pool, c, ring, CLIENT) for c in _chunks(n)), Cost())
 
 

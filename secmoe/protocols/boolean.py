@@ -52,25 +52,32 @@ def public_bits(p: Party, bits: np.ndarray) -> np.ndarray:
     return bits.copy() if p.role == CLIENT else np.zeros_like(bits)
 
 
-async def bit_triples(p: Party, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+async def bit_triples(
+    p: Party, n: int, k: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """n Beaver bit triples (a, b, c) with c = a ∧ b, from two 1-bit random OTs each.
 
+    With ``k``: n *correlated* triple groups (a, b_1..b_k, c_1..c_k), c_j = a ∧ b_j, for k ANDs
+    that share an input (:func:`and_fanout`); b and c are then ``(n, k)``. The OTs carry k-bit
+    random messages, which cost what 1-bit ones do.
+
     Message flow: one random OT each way (concurrent forks); nothing else.
-    Cost: the OT pool's cost of 2n random OTs with 1-bit messages.
+    Cost: the OT pool's cost of 2n random OTs (whatever k).
     """
     # Step 1: a_s·b_c with the client as OT sender: b_c = m0 ⊕ m1, u_c = m0, v_s = m_{a_s}.
     # Step 2: a_c·b_s symmetrically with the server as sender.
     one, two = p.fork("triple1"), p.fork("triple2")
     if p.role == CLIENT:
         (m0, m1), (a, v) = await asyncio.gather(
-            one.ot.rot_send(n, 1, random_choices=True), two.ot.rot_recv_random(n, 1)
+            one.ot.rot_send(n, 1, k, random_choices=True), two.ot.rot_recv_random(n, 1, k)
         )
     else:
         (a, v), (m0, m1) = await asyncio.gather(
-            one.ot.rot_recv_random(n, 1), two.ot.rot_send(n, 1, random_choices=True)
+            one.ot.rot_recv_random(n, 1, k), two.ot.rot_send(n, 1, k, random_choices=True)
         )
     a, b, u = np.asarray(a, bool), (m0 ^ m1).astype(bool), m0.astype(bool)
-    c = (a & b) ^ u ^ v.astype(bool)
+    ab = a & b if k is None else a[:, None] & b
+    c = ab ^ u ^ v.astype(bool)
     return a, b, c
 
 
@@ -86,20 +93,35 @@ async def and_(
     Cost: triples for n ANDs + 2n bits each way (bit-packed), one flight.
     """
     x, y = np.broadcast_arrays(np.asarray(x, bool), np.asarray(y, bool))
-    shape = x.shape
     if triples is None:
         triples = await bit_triples(p.fork("and"), x.size)
+    at = np.arange(x.size)
+    return (await and_fanout(p, x.reshape(-1), y.reshape(-1), at, triples)).reshape(x.shape)
+
+
+async def and_fanout(
+    p: Party, x: np.ndarray, y: np.ndarray, at: np.ndarray, triples: Triples
+) -> np.ndarray:
+    """Shares of x[at[j]] ∧ y[j] for every j: ANDs that share inputs open each x once.
+
+    ``x`` is ``(X,)``, ``y`` and ``at`` are ``(Y,)``; ``triples`` = (a ``(X,)``, b ``(Y,)``,
+    c ``(Y,)``) with c = a[at] ∧ b (correlated triples from :func:`bit_triples` with k).
+
+    Message flow: both parties send (x ⊕ a, y ⊕ b) at once. Cost: X + Y bits each way
+    (bit-packed), one flight.
+    """
     a, b, c = triples
-    if a.size != x.size:
-        raise ValueError(f"{a.size} triples for {x.size} ANDs")
-    d, e = x.reshape(-1) ^ a, y.reshape(-1) ^ b
+    if a.size != x.size or b.size != y.size or c.size != y.size or at.size != y.size:
+        raise ValueError(f"triples ({a.size}, {b.size}) for {x.size} inputs and {y.size} ANDs")
+    d, e = np.asarray(x, bool) ^ a, np.asarray(y, bool) ^ b
     await p.ch.send(np.concatenate([d, e]), tag="and/de")
     de = await p.ch.recv(tag="and/de")
-    d, e = d ^ de[: x.size], e ^ de[x.size :]
-    z = c ^ (d & b) ^ (e & a)
+    d = (d ^ de[: x.size])[at]
+    e = e ^ de[x.size :]
+    z = c ^ (d & b) ^ (e & a[at])
     if p.role == CLIENT:
         z ^= d & e
-    return z.reshape(shape)
+    return z
 
 
 async def b2a(p: Party, b: np.ndarray) -> np.ndarray:
@@ -163,7 +185,7 @@ async def reveal_bits(p: Party, b: np.ndarray, to: str = "both") -> np.ndarray |
 
 
 def cost_bit_triples(pool: OTPool, n: int) -> Cost:
-    """Declared cost of :func:`bit_triples`: n random OTs each way, concurrently."""
+    """Declared cost of :func:`bit_triples` (any k): n random OTs each way, concurrently."""
     rot = pool.cost("rot", n, random_choices=True)
     return Cost.of_ot(rot, CLIENT) | Cost.of_ot(rot, SERVER)
 

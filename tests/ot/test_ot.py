@@ -177,6 +177,29 @@ async def test_acot(sender_role, n, bits, k, run_ot):
     _check_cost(run, run.sender_pool.cost("acot", n, bits, k), sender_role)
 
 
+@pytest.mark.parametrize("sender_role", ROLES)
+@pytest.mark.parametrize(("period", "reps"), [(64, 3), (37, 7), (5, iknp.CHUNK // 5 + 1)])
+async def test_acot_with_per_ot_widths(sender_role, period, reps, run_ot):
+    # OT j is mod 2^widths[j mod L]; the last case crosses a chunk (chunks aligned to L).
+    n, bits = period * reps, 64
+    widths = np.arange(period, 0, -1) * 64 // period
+    g = _rng(f"acotw{period}")
+    corr, r = g.ring(n, bits), g.bits(n)
+    run = await run_ot(
+        sender_role,
+        lambda p: p.acot_send(corr, bits, widths),
+        lambda p: p.acot_recv(r, bits, None, widths),
+    )
+    x, y = run.sender, run.receiver
+    w = np.tile(widths, reps).astype(np.uint64)
+    mask = np.where(w == 64, ~np.uint64(0), (np.uint64(1) << (w % np.uint64(64))) - np.uint64(1))
+    np.testing.assert_array_equal(x & mask, x)
+    np.testing.assert_array_equal(y, (x + r.astype(np.uint64) * corr) & mask)
+    declared = run.sender_pool.cost("acot", n, bits, widths=widths)
+    _check_cost(run, declared, sender_role)
+    assert declared.sender_bytes < run.sender_pool.cost("acot", n, bits).sender_bytes
+
+
 # -- 1-out-of-N ------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ import pytest
 
 from secmoe.crypto.ring import Ring
 from secmoe.protocols import boolean, compare, select
+from secmoe.protocols.cost import Cost
 from tests.protocols.helpers import SOURCES, mine, opened, opened_bits, run_parties, split
 
 R64 = Ring(64, 18)
@@ -46,6 +47,48 @@ async def test_millionaires_gt_and_eq(bits, m, source):
     want_gt, want_eq = compare.ideal_millionaires(a, b, bits)
     np.testing.assert_array_equal(opened_bits((cg, sg)), want_gt)
     np.testing.assert_array_equal(opened_bits((ce, se)), want_eq)
+
+
+@pytest.mark.parametrize(
+    ("bits", "m", "source"),
+    [
+        (63, None, "silent"),  # the default radix (3): 21 equal digits
+        (63, None, "iknp"),  # radix 4: a 3-bit top digit (1-of-8 leaves)
+        (10, 4, "iknp"),  # a 2-bit top digit
+        (3, 4, "silent"),  # one digit: gt-only leaves and no tree
+        (7, 2, "iknp"),
+    ],
+)
+async def test_millionaires_gt_only(bits, m, source):
+    rng = np.random.default_rng(bits)
+    n = 300
+    a = rng.integers(0, 2**bits, n, dtype=np.uint64)
+    b = np.where(rng.random(n) < 0.3, a, rng.integers(0, 2**bits, n, dtype=np.uint64))
+    b[:20] = (a[:20] ^ np.uint64(1)) & np.uint64(2**bits - 1)  # differ in the lowest digit only
+
+    async def body(p):
+        return await compare.millionaires(p, a if p.role == "client" else b, bits, m=m)
+
+    (cg, ce), (sg, se) = await run_parties(body, source=source)
+    assert ce is None and se is None
+    np.testing.assert_array_equal(opened_bits((cg, sg)), a > b)
+
+
+async def test_large_comparisons_go_in_bounded_batches(monkeypatch):
+    monkeypatch.setattr(compare, "COMPARE_CHUNK", 64)  # 150 elements: batches of 64, 64, 22
+    rng = np.random.default_rng(3)
+    v = rng.integers(-(2**62), 2**62, 150)
+    xs = split(R64.from_signed(v), R64)
+
+    async def body(p):
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
+        got = await compare.msb(p, mine(p, xs))
+        declared = compare.cost_msb(p.ot, 150, 64) + Cost(**p.ot.refill_cost(mark))
+        declared.check(p.ch.stats.since(snap), exact_rounds=False)
+        assert declared.messages > compare.cost_msb(p.ot, 64, 64).messages * 2
+        return got
+
+    np.testing.assert_array_equal(opened_bits(await run_parties(body, source="silent")), v < 0)
 
 
 @pytest.mark.parametrize("source", SOURCES)

@@ -89,6 +89,23 @@ async def test_measured_equals_declared(name, fn, declare, exact, source):
     assert await measured(fn, declare, exact, source) == (True, True)
 
 
+async def test_and_fanout_opens_each_shared_input_once():
+    rng = np.random.default_rng(4)
+    xs, ys = rng.random((2, 40)) < 0.5, rng.random((2, 90)) < 0.5
+    at = rng.integers(0, 40, 90)
+
+    async def body(p):
+        tri = await boolean.bit_triples(p.fork("tri"), 40, 3)
+        a, b, c = tri[0], tri[1][at, at % 3], tri[2][at, at % 3]  # correlated: a shared
+        snap = p.ch.stats.snapshot()
+        z = await boolean.and_fanout(p, mine(p, xs), mine(p, ys), at, (a, b, c))
+        Cost.exchange(np.zeros(130, bool)).check(p.ch.stats.since(snap), exact_rounds=True)
+        return z
+
+    z = await run_parties(body)
+    np.testing.assert_array_equal(z[0] ^ z[1], (xs[0] ^ xs[1])[at] & (ys[0] ^ ys[1]))
+
+
 async def test_large_products_go_in_bounded_batches(monkeypatch):
     monkeypatch.setattr(arith, "MUL_CHUNK", 32)  # 77 elements: batches of 32, 32, 13
     want = R64.reduce(R64.reduce(X[0] + X[1]) ** np.uint64(2))

@@ -51,10 +51,13 @@ import numpy as np
 from secmoe.crypto.aes_hash import hash_to_uint
 from secmoe.crypto.bitmatrix import (
     bits_to_words,
+    fields_size,
     pack_bits,
+    pack_fields,
     packed_size,
     transpose,
     unpack_bits,
+    unpack_fields,
     words_to_bits,
 )
 from secmoe.crypto.prg import PRG
@@ -281,7 +284,10 @@ class IknpReceiver:
 #   additive COT     S: x_j = H(j, q_j); S → R: y_j = x_j + c_j − H(j, q_j ⊕ Δ)  (mod 2^ℓ)
 #   (ALSZ13 C-OT)    R: H(j, t_j) + r_j·y_j = x_j + r_j·c_j
 # Each message is a vector of k elements of ``bits`` ≤ 64 bits (uint64 arrays, shape (n,) or
-# (n, k)); the wire carries exactly k·bits bits per message, packed.
+# (n, k)); the wire carries exactly k·bits bits per message, packed. An additive COT may instead
+# give each OT its own width (``widths``, periodic: OT j is mod 2^widths[j mod L]; Gilboa
+# products need only ℓ − i bits for bit i), and then carries those bits, ⌈Σ widths / 8⌉ bytes
+# per period.
 
 TAG_Y = "ot/y"
 
@@ -324,11 +330,35 @@ def cost_ot(src: CotSender | CotReceiver, n: int, bits: int, k: int | None = Non
     return src.cost(n) + Cost(y, 0, len(sizes), min(1, n))
 
 
-def cost_acot(src: CotSender | CotReceiver, n: int, bits: int, k: int | None = None) -> Cost:
-    """Additive correlated OT: the COTs, then one ``y`` message per chunk (k·bits per OT)."""
-    sizes = src.chunks(n)
-    y = sum(bin_size(packed_size(c * _width(k), bits)) for c in sizes)
-    return src.cost(n) + Cost(y, 0, len(sizes), min(1, n))
+def cost_acot(
+    src: CotSender | CotReceiver,
+    n: int,
+    bits: int,
+    k: int | None = None,
+    widths: np.ndarray | None = None,
+) -> Cost:
+    """Additive correlated OT: the COTs, then one ``y`` message per chunk (k·bits per OT, or
+    with ``widths`` ⌈Σ widths / 8⌉ bytes per L OTs, chunks aligned to L)."""
+    if widths is None:
+        sizes = src.chunks(n)
+        y = sum(bin_size(packed_size(c * _width(k), bits)) for c in sizes)
+        return src.cost(n) + Cost(y, 0, len(sizes), min(1, n))
+    period, _ = _periodic(widths, n, _width(k), bits)
+    sizes = src.chunks(n, period)
+    y = sum(bin_size(fields_size(c // period, widths)) for c in sizes)
+    return src.cost(n, period) + Cost(y, 0, len(sizes), min(1, n))
+
+
+def _periodic(widths: np.ndarray, n: int, kk: int, bits: int) -> tuple[int, np.ndarray]:
+    """Checks per-OT widths (period L) and returns (L, their masks as ``(L,)`` uint64)."""
+    w = np.asarray(widths, dtype=np.int64).reshape(-1)
+    if kk != 1 or w.size == 0 or n % w.size or w.min() < 1 or w.max() > bits:
+        raise ValueError(
+            f"per-OT widths need one value per OT, n = {n} a multiple of their period "
+            f"{w.size} and widths in [1, {bits}]"
+        )
+    masks = np.array([(1 << int(v)) - 1 for v in w], dtype=np.uint64)
+    return w.size, masks
 
 
 async def rot_send(
@@ -419,11 +449,11 @@ async def ot_send(ch: Channel, src: CotSender, m0: np.ndarray, m1: np.ndarray, b
 
 
 async def _recv_pads(
-    ch: Channel, src: CotReceiver, r: np.ndarray, kk: int, bits: int
+    ch: Channel, src: CotReceiver, r: np.ndarray, kk: int, bits: int, align: int = 1
 ) -> list[tuple[int, np.ndarray]]:
     """The receiver's COTs for choices r, hashed to pads H(j, t_j): (chunk size, pads) each."""
     chunks: list[tuple[int, np.ndarray]] = []
-    async for j0, t in src.recv_iter(ch, r):
+    async for j0, t in src.recv_iter(ch, r, align=align):
         chunks.append((t.shape[0], await asyncio.to_thread(pads, t, j0, src.domain, kk, bits)))
     return chunks
 
@@ -448,22 +478,30 @@ async def ot_recv(
     return out.reshape(_shape(r.size, k))
 
 
-async def acot_send(ch: Channel, src: CotSender, corr: np.ndarray, bits: int) -> np.ndarray:
+async def acot_send(
+    ch: Channel, src: CotSender, corr: np.ndarray, bits: int, widths: np.ndarray | None = None
+) -> np.ndarray:
     """Additive correlated OT, sender: input c (n,) or (n, k); returns x (the receiver gets
-    x + r·c mod 2^bits)."""
+    x + r·c mod 2^bits, or with ``widths`` (c of shape (n,)) mod 2^widths[j mod L] for OT j)."""
     a = _check_msgs(corr, bits)
     n, kk = a.shape
+    period, masks = (
+        (1, np.array([_mask(bits)])) if widths is None else _periodic(widths, n, kk, bits)
+    )
     x = np.empty((n, kk), np.uint64)
     ys: list[bytes] = []
     off = 0
-    async for j0, q in src.send_iter(ch, n):
+    async for j0, q in src.send_iter(ch, n, align=period):
         c = q.shape[0]
 
         def work(q: np.ndarray = q, j0: int = j0, off: int = off, c: int = c) -> bytes:
             # Step 4 (C-OT): x_j = H(j, q_j); y_j = x_j + c_j − H(j, q_j ⊕ Δ).
             x[off : off + c] = pads(q, j0, src.domain, kk, bits)
             y = x[off : off + c] + a[off : off + c] - pads(q ^ src.delta, j0, src.domain, kk, bits)
-            return pack_bits(y & _mask(bits), bits).tobytes()
+            if widths is None:
+                return pack_bits(y & _mask(bits), bits).tobytes()
+            x[off : off + c] &= np.tile(masks, c // period)[:, None]
+            return pack_fields(y.reshape(-1, period), widths).tobytes()
 
         ys.append(await asyncio.to_thread(work))
         off += c
@@ -473,19 +511,33 @@ async def acot_send(ch: Channel, src: CotSender, corr: np.ndarray, bits: int) ->
 
 
 async def acot_recv(
-    ch: Channel, src: CotReceiver, choices: np.ndarray, bits: int, k: int | None = None
+    ch: Channel,
+    src: CotReceiver,
+    choices: np.ndarray,
+    bits: int,
+    k: int | None = None,
+    widths: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Additive correlated OT, receiver: returns x + r·c mod 2^bits, shape (n,) or (n, k)."""
+    """Additive correlated OT, receiver: returns x + r·c mod 2^bits (or mod 2^widths[j mod L]
+    for OT j), shape (n,) or (n, k)."""
     r = np.asarray(choices, dtype=bool).reshape(-1)
     kk = _width(k)
-    chunks = await _recv_pads(ch, src, r, kk, bits)
+    period = 1 if widths is None else _periodic(widths, r.size, kk, bits)[0]
+    chunks = await _recv_pads(ch, src, r, kk, bits, period)
     out = np.empty((r.size, kk), np.uint64)
     off = 0
     for c, h in chunks:
-        y = _expect(await ch.recv(tag=TAG_Y), packed_size(c * kk, bits), "C-OT y")
-        y = unpack_bits(np.frombuffer(y, np.uint8), c * kk, bits).reshape(c, kk)
+        raw = await ch.recv(tag=TAG_Y)
+        if widths is None:
+            y = _expect(raw, packed_size(c * kk, bits), "C-OT y")
+            y = unpack_bits(np.frombuffer(y, np.uint8), c * kk, bits).reshape(c, kk)
+            mask: np.ndarray | np.uint64 = _mask(bits)
+        else:
+            y = _expect(raw, fields_size(c // period, widths), "C-OT y")
+            y = unpack_fields(np.frombuffer(y, np.uint8), c // period, widths).reshape(c, 1)
+            mask = np.tile(_periodic(widths, c, kk, bits)[1], c // period)[:, None]
         # Step 5 (C-OT): H(j, t_j) + r_j·y_j.
-        out[off : off + c] = (h + r[off : off + c, None] * y) & _mask(bits)
+        out[off : off + c] = (h + r[off : off + c, None] * y) & mask
         off += c
     return out.reshape(_shape(r.size, k))
 

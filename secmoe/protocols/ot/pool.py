@@ -60,17 +60,22 @@ alternating runs; bytes are exact, times noisy):
 operation (2^16 elements, 64 bits)     IKNP B/elt        silent B/elt       time IKNP/silent
 =====================================  ================  =================  ============
 COTs, n = 10^7                         16.00 B/COT       0.055 B/COT        1.2 s / 2.5 s
-comparison (x < y)                     2,031             94                 1.9 s / 3.8 s
-ReLU                                   2,079             110                2.0 s / 3.6 s
-multiplication                         3,072             1,048              2.0 s / 4.4 s
+comparison (x < y) *                   1,558             68.5               3.6 s / 3.0 s
+ReLU *                                 1,606             85.2               4.4 s / 2.9 s
+multiplication *                       2,568             544                1.1 s / 3.1 s
 truncation, B2A                        24                8.1                0.03 s / 0.02 s
 MUX                                    48                16.3               0.06 s / 0.04 s
-argmax of 8 (4,096 rows)               15,702            1,170              1.6 s / 1.6 s
+argmax of 8 (4,096 rows) *             12,396            996                3.7 s / 4.1 s
 =====================================  ================  =================  ============
 
-Silent sends 3–19× fewer bytes per operation; its setup costs 2.94 MB more (and ~0.3 s), which
+Rows marked * were remeasured 2026-12 after issue 18 (comparison leaves of 3 bits with silent
+OT, gt-only lowest leaf, correlated AND triples; Gilboa COTs of ℓ − i bits), single runs at
+load 4–9 on the shared machine: their times are not comparable with the other rows
+(multiplication: 2^15 elements).
+
+Silent sends 3–23× fewer bytes per operation; its setup costs 2.94 MB more (and ~0.3 s), which
 IKNP's 16 B per COT repays after ≈ 9.2·10^4 COTs per direction (≈ 1.8·10^5 if one direction
-only): ~1,500 ReLUs, ~1,500 64-bit products or ~200 argmax rows. Its Ferret compute (GGM
+only): ~1,900 ReLUs, ~1,500 64-bit products or ~260 argmax rows. Its Ferret compute (GGM
 expansion, LPN encoding, in numpy) costs ~2× IKNP's per COT, so with both parties sharing 2
 cores a large COT-heavy operation runs up to 2× slower before the network is counted (IKNP's
 extra bytes cost more than that below ~0.4–0.6 Gbit/s for ReLU and products at 2^16). Small
@@ -271,15 +276,24 @@ class OTPool:
         with self._use():
             return await iknp.ot_recv(self.ch, self.receiver, choices, bits, k)
 
-    async def acot_send(self, corr: np.ndarray, bits: int) -> np.ndarray:
-        """Additive correlated OT as sender: returns x; the receiver gets x + r·corr mod 2^bits."""
+    async def acot_send(
+        self, corr: np.ndarray, bits: int, widths: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Additive correlated OT as sender: returns x; the receiver gets x + r·corr mod 2^bits
+        (with ``widths``, period L: mod 2^widths[j mod L] for OT j, and only those bits sent)."""
         with self._use():
-            return await iknp.acot_send(self.ch, self.sender, corr, bits)
+            return await iknp.acot_send(self.ch, self.sender, corr, bits, widths)
 
-    async def acot_recv(self, choices: np.ndarray, bits: int, k: int | None = None) -> np.ndarray:
-        """Additive correlated OT as receiver: x + r·corr mod 2^bits."""
+    async def acot_recv(
+        self,
+        choices: np.ndarray,
+        bits: int,
+        k: int | None = None,
+        widths: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Additive correlated OT as receiver: x + r·corr mod 2^bits (or 2^widths[j mod L])."""
         with self._use():
-            return await iknp.acot_recv(self.ch, self.receiver, choices, bits, k)
+            return await iknp.acot_recv(self.ch, self.receiver, choices, bits, k, widths)
 
     # -- 1-out-of-N --------------------------------------------------------------------------
     async def kkot_send(self, msgs: np.ndarray, bits: int) -> None:
@@ -302,13 +316,15 @@ class OTPool:
         n_choices: int = 2,
         *,
         random_choices: bool = False,
+        widths: np.ndarray | None = None,
     ) -> Cost:
         """Declared cost of one operation: kind ∈ {cot, rot, ot, acot, kkot}.
 
         ``random_choices`` (cot, rot): the receiver takes random choice bits
         (``cot_recv_random``, ``rot_recv_random``); with the silent source that saves the
         receiver's d message. Computed from this party's sender instance; both instances of a
-        source cost the same. Use ``.directed(sender_role)`` for channel terms (``bytes_c2s``,
+        source cost the same; ``widths``: an additive COT's per-OT widths (:meth:`acot_send`).
+        Use ``.directed(sender_role)`` for channel terms (``bytes_c2s``,
         ``bytes_s2c``, …). With the silent source, the shared streams' GGM batches are not in
         it: see :meth:`refill_cost`.
         """
@@ -318,7 +334,7 @@ class OTPool:
         if kind == "ot":
             return iknp.cost_ot(src, n, bits, k)
         if kind == "acot":
-            return iknp.cost_acot(src, n, bits, k)
+            return iknp.cost_acot(src, n, bits, k, widths)
         if kind == "kkot":
             return kkot.cost(src, n, n_choices, bits)
         raise ValueError(f"unknown OT kind {kind!r}")
