@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
+import datetime
+import gc
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -13,13 +18,21 @@ from typing import Any
 import numpy as np
 
 from .bench.runner import instrument
+from .model.config import ModelConfig
 from .model.fixed import run_fixed
-from .model.reference import capacity_of
+from .model.reference import batched
 from .model.reference import run as run_float
 from .model.secure import RunOptions, moe_spec
-from .model.session import SessionRefused, SessionResult, client_session, serve_session
+from .model.session import (
+    InputError,
+    SessionRefused,
+    SessionResult,
+    check_patch_values,
+    client_session,
+    serve_session,
+)
 from .model.weights import ModelWeights, load_bundled, load_heldout, load_weights
-from .net import NetError, run_pair
+from .net import Channel, NetError, run_pair
 from .net.memory import memory_pair
 from .net.stats import Stats
 from .net.tcp import TLSConfig, connect, listen, parse_hostport
@@ -39,13 +52,32 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     return RunOptions(args.strategy, args.capacity_factor, args.capacity)
 
 
-def reference_capacity(weights: ModelWeights, options: RunOptions, tokens: int) -> bool | int:
-    """The plaintext reference's capacity argument matching a secure run's semantics."""
-    if options.strategy != "dispatch":
-        return False
-    return capacity_of(
-        weights.config, tokens, moe_spec(weights.config, options).capacity_for(tokens)
-    )
+def reference_capacity(weights: ModelWeights, options: RunOptions, tokens: int) -> int:
+    """The capacity C a secure run uses (every strategy), as the plaintext reference's
+    ``capacity`` argument."""
+    return moe_spec(weights.config, options).capacity_for(tokens)
+
+
+def capacity_summary(cfg: ModelConfig, options: RunOptions, tokens: int) -> dict[str, Any]:
+    """Which capacity ran (C per sequence and expert; C = T drops nothing), the model's own,
+    and whether they differ (an explicit --capacity/--capacity-factor)."""
+    ran = moe_spec(cfg, options).capacity_for(tokens)
+    model = moe_spec(cfg).capacity_for(tokens)
+    return {
+        "tokens": tokens,
+        "capacity": ran,
+        "model_capacity": model,
+        "capacity_differs": ran != model,
+    }
+
+
+def capacity_line(s: dict[str, Any]) -> str:
+    """The printed summary's capacity sentence for :func:`capacity_summary`'s figures."""
+    line = f"capacity C = {s['capacity']} per sequence and expert (T = {s['tokens']}"
+    line += ": nothing dropped)" if s["capacity"] >= s["tokens"] else ")"
+    if s["capacity_differs"]:
+        return f"{line}; DIFFERS from the model's C = {s['model_capacity']} (asked for)"
+    return f"{line}, the model's own"
 
 
 def _warn_insecure(strategy: str) -> None:
@@ -107,7 +139,7 @@ def summarize(
 def print_summary(s: dict[str, Any]) -> None:
     """Human-readable demo output."""
     mb = 1e6
-    print(f"strategy {s['strategy']}, {s['samples']} samples")
+    print(f"strategy {s['strategy']}, {s['samples']} samples; {capacity_line(s)}")
     print(f"{'sample':>6} {'secure':>6} {'plain':>6}")
     for i, (a, b) in enumerate(zip(s["secure_pred"], s["plaintext_pred"], strict=True)):
         print(f"{i:>6} {a:>6} {b:>6}{'' if a == b else '  <- differs'}")
@@ -175,7 +207,9 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
         for part in batches(len(x), args.batch, progress):
             res, _ = await run_pair(
                 client_session(cch, x[part], options=options, progress=progress),
-                serve_session(sch, weights, allow_insecure=True, max_batch=args.batch),
+                serve_session(
+                    sch, weights, allow_insecure=True, max_batch=args.batch, setup_idle=None
+                ),
                 timeout=max(deadline - time.monotonic(), 0.0),
             )
             results.append(res)
@@ -193,7 +227,8 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     cap = reference_capacity(weights, options, x.shape[1])
     ref = run_float(weights, x, capacity=cap).output
     fixed = run_fixed(weights, x, capacity=cap).output
-    return summarize(res, res.output, ref, fixed, labels, args.strategy)
+    out = summarize(res, res.output, ref, fixed, labels, args.strategy)
+    return out | capacity_summary(weights.config, options, x.shape[1])
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -217,36 +252,95 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def log(msg: str) -> None:
+    """One server log line on stderr: UTC time, then the message."""
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+    print(f"{stamp} {msg}", file=sys.stderr, flush=True)
+
+
+def rss_bytes() -> int | None:
+    """This process's resident memory (Linux ``/proc/self/statm``; None elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_memory() -> None:
+    """Return a finished session's memory to the OS: collect garbage, then ask glibc to give
+    back its free heap (``malloc_trim``; skipped on other C libraries)."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).malloc_trim(0)
+
+
+def _mb(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 1e6:.0f} MB"
+
+
+def _peer(ch: Channel) -> str:
+    """The client's address, as ``host:port``."""
+    writer = getattr(ch.session.link, "writer", None)
+    addr = writer.get_extra_info("peername") if writer is not None else None
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else "?"
+
+
 async def _serve(args: argparse.Namespace, tls: TLSConfig | None) -> int:
     weights = load_model(args.model)
     host, port = parse_hostport(args.listen)
     lst = await listen(host, port, params=APP_PARAMS, tls=tls, timeout=args.timeout)
-    print(f"serving {weights.config.name} on {host}:{lst.port}", file=sys.stderr, flush=True)
-    served = 0
+    log(f"serving {weights.config.name} on {host}:{lst.port} (RSS {_mb(rss_bytes())})")
+    started = 0
     try:
-        while args.sessions is None or served < args.sessions:
-            served += 1
+        while args.sessions is None or started < args.sessions:
             try:
                 ch = await lst.accept(args.accept_timeout)
-            except NetError as exc:
-                print(f"session {served}: rejected a connection: {exc}", file=sys.stderr)
+            except NetError as exc:  # not a session: the budget counts sessions that started
+                log(f"rejected a connection: {exc}")
                 continue
-            instrument(ch, args.net, None)
-            try:
-                res = await serve_session(
-                    ch,
-                    weights,
-                    allow_insecure=args.allow_insecure_reveal,
-                    max_batch=args.max_batch,
-                )
-                print(f"session {served}: done in {res.seconds:.2f} s", file=sys.stderr)
-            except (NetError, SessionRefused, ValueError) as exc:
-                print(f"session {served}: ended: {exc}", file=sys.stderr)
-            finally:
-                await ch.close()
+            started += 1
+            name = f"session {started} from {_peer(ch)}"
+            before = rss_bytes()
+            log(f"{name}: started (RSS {_mb(before)})")
+            outcome = await _serve_one(args, weights, ch)
+            del ch  # nothing of the session stays referenced (its error's traceback holds it)
+            release_memory()
+            log(f"{name}: {outcome} (RSS {_mb(before)} before, {_mb(rss_bytes())} after)")
     finally:
         await lst.close()
     return 0
+
+
+async def _serve_one(args: argparse.Namespace, weights: ModelWeights, ch: Channel) -> str:
+    """One session; returns its outcome for the log. Whatever goes wrong ends only this
+    session, and the reason is sent to the client."""
+    instrument(ch, args.net, None)
+    try:
+        res = await serve_session(
+            ch,
+            weights,
+            allow_insecure=args.allow_insecure_reveal,
+            max_batch=args.max_batch,
+            max_tokens=args.max_tokens,
+            setup_idle=args.setup_timeout,
+            session_timeout=args.session_timeout,
+            skip_zero_blocks=args.skip_zero_blocks,
+            cache_budget=args.weight_cache << 20,
+            model_id=args.model_id,
+        )
+        outcome = f"done in {res.setup_seconds:.2f} s setup + {res.seconds:.2f} s"
+    except SessionRefused as exc:  # the client already has the reason in the answer
+        outcome = f"refused: {exc}"
+    except NetError as exc:
+        outcome = f"ended: {exc}"
+        await ch.abort(str(exc))
+    except Exception as exc:  # a session must never end the server
+        outcome = f"failed: {type(exc).__name__}: {exc}"
+        await ch.abort(f"server error: {type(exc).__name__}: {exc}")
+    finally:
+        await ch.close()
+    return f"{outcome}; peak buffered {_mb(ch.session.peak_buffered)}"
 
 
 def _is_batched(x: np.ndarray) -> bool:
@@ -255,12 +349,43 @@ def _is_batched(x: np.ndarray) -> bool:
     return x.ndim == 3 or (x.ndim == 2 and np.issubdtype(x.dtype, np.integer))
 
 
+def load_input(path: str) -> np.ndarray:
+    """The client's input from a ``.npy`` file, checked before any connection: one array (not
+    a ``.npz`` archive, not pickled), non-empty, patch features (numbers, rank 2 or 3, finite,
+    within what the first layer takes, see :func:`check_patch_values`) or token ids (integers
+    ≥ 0, rank 1 or 2). :class:`InputError` names the problem; what needs the server's config
+    (patch_dim, vocabulary, seq_len) is checked when it arrives, before any cryptography."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(b"PK"):
+        raise InputError(f"{path}: a .npz archive; save one array with numpy.save (.npy)")
+    if head != b"\x93NUMPY":
+        raise InputError(f"{path}: not a .npy file (no NumPy header); save it with numpy.save")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # object arrays need pickle, which is never loaded
+        raise InputError(f"{path}: cannot be read as a plain array ({exc})") from None
+    if x.size == 0:
+        raise InputError(f"{path}: the array is empty (shape {x.shape})")
+    if np.issubdtype(x.dtype, np.integer) and x.ndim in (1, 2):
+        if (x < 0).any():
+            raise InputError(f"{path}: token id {int(x[x < 0][0])} is negative")
+        return x
+    if x.ndim not in (2, 3):
+        raise InputError(
+            f"{path}: shape {x.shape}, dtype {x.dtype}: expected patch features (T, P) or "
+            "(B, T, P), or integer token ids (T,) or (B, T)"
+        )
+    return check_patch_values(x)
+
+
 async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, Any]:
-    x = np.load(args.input) if args.input else load_heldout()[0][: args.samples]
+    x = load_input(args.input) if args.input else load_heldout()[0][: args.samples]
     host, port = parse_hostport(args.connect)
     writer = TranscriptWriter(args.transcript) if args.transcript else None
 
     progress = _progress(args.json)
+    options = options_from_args(args)
     parts = batches(len(x), args.batch, progress) if _is_batched(x) else [slice(None)]
     results = []
     try:
@@ -275,7 +400,10 @@ async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, A
             )
             instrument(ch, args.net, writer)
             try:
-                results.append(await client_session(ch, x[part], options=options_from_args(args)))
+                results.append(await client_session(ch, x[part], options=options))
+            except Exception as exc:  # tell the server why this side stops
+                await ch.abort(str(exc))
+                raise
             finally:
                 await ch.close()
     finally:
@@ -283,7 +411,8 @@ async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, A
             writer.close()
     logits = np.concatenate([r.output for r in results])
     online = [r.stats.total("online") for r in results]
-    return {
+    cfg = results[0].config
+    return capacity_summary(cfg, options, batched(cfg, x)[0].shape[1]) | {
         "prediction": logits.argmax(-1).tolist(),
         "logits": logits.tolist(),
         "sessions": len(results),
@@ -293,6 +422,7 @@ async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, A
         "bytes_s2c": sum(o.bytes_s2c for o in online),
         "rounds": sum(r.stats.depth for r in results),
         "strategy": args.strategy,
+        "model_id": results[0].model_id,
     }
 
 
@@ -318,6 +448,7 @@ def run_infer(args: argparse.Namespace, tls: TLSConfig | None) -> int:
             f"prediction {out['prediction']} ({out['strategy']}, {out['seconds']:.2f} s, "
             f"{(out['bytes_c2s'] + out['bytes_s2c']) / 1e6:.2f} MB, {out['rounds']} rounds)"
         )
+        print(capacity_line(out))
     return 0
 
 

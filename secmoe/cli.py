@@ -9,18 +9,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from . import PROTOCOL_VERSION, __version__
 from .bench import REGISTRY, run_bench
+from .model.session import DEFAULT_SETUP_IDLE
 from .net import NetError, PartyError
 from .net.shaping import PROFILES
 from .net.transcript import read_transcript, summarize
+from .ops.linear import DEFAULT_CACHE_BUDGET
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+#: The default limit of tokens B·T per session on a server.
+MAX_TOKENS = 8192
 BATCH = 64  # sequences per session, and a server's default limit (memory grows with it)
 
 
@@ -158,7 +163,47 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="accept the INSECURE reveal strategy (it leaks the routing)",
     )
+    serve.add_argument(
+        "--max-tokens",
+        type=_positive_int,
+        default=MAX_TOKENS,
+        help=f"refuse sessions of more tokens B·T (default {MAX_TOKENS}): memory and the "
+        "session's HE work grow with them",
+    )
     serve.add_argument("--timeout", type=float, default=600.0, help="per-wait deadline (s)")
+    serve.add_argument(
+        "--setup-timeout",
+        type=_positive_float,
+        default=DEFAULT_SETUP_IDLE,
+        help=f"until the online phase, drop a client silent this long (default "
+        f"{DEFAULT_SETUP_IDLE:g} s)",
+    )
+    serve.add_argument(
+        "--session-timeout",
+        type=_positive_float,
+        help="end any session after this long (default: derived from the request: 10 min + "
+        "1 s per token, layer, 64 model dimensions and expert)",
+    )
+    serve.add_argument(
+        "--skip-zero-blocks",
+        action="store_true",
+        help="skip all-zero weight blocks in HE products: faster on sparse weights, but LEAKS "
+        "which blocks are zero to the client through timing",
+    )
+    serve.add_argument(
+        "--weight-cache",
+        type=_positive_int,
+        default=DEFAULT_CACHE_BUDGET >> 20,
+        metavar="MB",
+        help=f"memory for a session's encoded weights (default {DEFAULT_CACHE_BUDGET >> 20}; "
+        "beyond it weight blocks are encoded when used: slower). SEAL's memory pool keeps it "
+        "after the session for the next one, so it bounds the server's resident memory",
+    )
+    serve.add_argument(
+        "--model-id",
+        help="a name for the model sent to clients (default: none; no digest of the weights "
+        "is ever sent)",
+    )
     serve.add_argument("--net", choices=sorted(PROFILES), help="shape what this side sends")
     serve.add_argument(
         "--accept-timeout",
@@ -193,6 +238,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
 def _add_count_args(p: argparse.ArgumentParser, samples: int, samples_help: str) -> None:
     p.add_argument("--samples", type=_positive_int, default=samples, help=samples_help)
     p.add_argument(
@@ -208,9 +263,15 @@ def _add_capacity_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--capacity-factor",
         type=float,
-        help="dispatch: C = ceil(cf·k·T/E) per sequence (default: the model's)",
+        help="capacity C = ceil(cf·k·T/E) per sequence and expert, cf finite > 0 (default: the "
+        "model's own capacity; every strategy honours it; one the model does not use is reported)",
     )
-    p.add_argument("--capacity", type=int, help="dispatch: an explicit capacity C")
+    p.add_argument(
+        "--capacity",
+        type=_positive_int,
+        help="an explicit capacity C per sequence and expert (overrides --capacity-factor; "
+        "C > T means T)",
+    )
 
 
 def _add_tls_args(p: argparse.ArgumentParser) -> None:

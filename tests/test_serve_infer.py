@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from secmoe.model.reference import run
 from secmoe.model.weights import load_bundled, load_heldout
@@ -33,37 +34,38 @@ def wait_listening(port: int, server: subprocess.Popen, deadline: float = 120) -
     raise AssertionError("the server never listened")
 
 
-def test_serve_survives_a_bad_client_and_answers_the_next(tmp_path):
-    port = free_port()
-    server = subprocess.Popen(
-        [*SECMOE, "serve", "--listen", f"127.0.0.1:{port}", "--sessions", "3"],
+def serve(port: int, *args: str) -> subprocess.Popen:
+    """``secmoe serve`` on 127.0.0.1:``port``; its stderr is the server's log."""
+    return subprocess.Popen(
+        [*SECMOE, "serve", "--listen", f"127.0.0.1:{port}", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def infer(port: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``secmoe infer`` against 127.0.0.1:``port``, to completion."""
+    return subprocess.run(
+        [*SECMOE, "infer", "--connect", f"127.0.0.1:{port}", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_serve_survives_a_bad_client_and_answers_the_next(tmp_path):
+    port = free_port()
+    server = serve(port, "--sessions", "1")
     try:
-        # wait_listening's probe is session 1 (it connects and leaves without a word)
+        # wait_listening's probe (it connects and leaves without a word) and a garbage
+        # connection fail the handshake: rejected, and not counted as sessions
         wait_listening(port, server)
-        with socket.create_connection(("127.0.0.1", port)) as s:  # session 2: garbage
+        with socket.create_connection(("127.0.0.1", port)) as s:
             s.sendall(b"\x00\x00\x00\x05hello")
         x = load_heldout()[0][3:4]
         np.save(tmp_path / "x.npy", x)
-        out = subprocess.run(
-            [
-                *SECMOE,
-                "infer",
-                "--connect",
-                f"127.0.0.1:{port}",
-                "--input",
-                str(tmp_path / "x.npy"),
-                "--strategy",
-                "all",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        out = infer(port, "--input", str(tmp_path / "x.npy"), "--strategy", "all", "--json")
         assert out.returncode == 0, out.stderr
         res = json.loads(out.stdout.strip().splitlines()[-1])
         plain = run(load_bundled(), x).output
@@ -73,35 +75,21 @@ def test_serve_survives_a_bad_client_and_answers_the_next(tmp_path):
     finally:
         server.kill()
     assert server.returncode == 0
-    assert "session 3: done" in err
+    assert err.count("rejected a connection") == 2
+    assert "session 1 from 127.0.0.1:" in err and ": done in" in err
     assert "Traceback" not in err
 
 
 def test_infer_splits_a_batch_into_sessions_within_the_servers_limit(tmp_path):
     port = free_port()
-    server = subprocess.Popen(
-        [*SECMOE, "serve", "--listen", f"127.0.0.1:{port}", "--sessions", "4", "--max-batch", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    server = serve(port, "--sessions", "3", "--max-batch", "1")
     x = load_heldout()[0][:2]
     np.save(tmp_path / "x.npy", x)
-    infer = [*SECMOE, "infer", "--connect", f"127.0.0.1:{port}", "--input", str(tmp_path / "x.npy")]
+    given = ["--input", str(tmp_path / "x.npy"), "--strategy", "dispatch"]
     try:
-        wait_listening(port, server)  # session 1
-        too_big = subprocess.run(  # session 2: refused, with the reason
-            [*infer, "--strategy", "dispatch", "--batch", "2"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        out = subprocess.run(  # sessions 3 and 4, one image each
-            [*infer, "--strategy", "dispatch", "--batch", "1", "--json"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        wait_listening(port, server)  # not a session
+        too_big = infer(port, *given, "--batch", "2")  # session 1: refused, with the reason
+        out = infer(port, *given, "--batch", "1", "--json")  # sessions 2 and 3, one image each
         _, err = server.communicate(timeout=60)
     finally:
         server.kill()
@@ -110,7 +98,8 @@ def test_infer_splits_a_batch_into_sessions_within_the_servers_limit(tmp_path):
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["sessions"] == 2
     assert res["prediction"] == run(load_bundled(), x).output.argmax(-1).tolist()
-    assert "session 4: done" in err and "Traceback" not in err
+    assert "session 1 from" in err and "refused: batch size 2" in err
+    assert "session 3 from" in err and "Traceback" not in err
 
 
 def test_infer_against_nothing_is_one_line():
@@ -122,3 +111,57 @@ def test_infer_against_nothing_is_one_line():
     )
     assert out.returncode == 1 and "cannot connect" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+BAD_INPUTS = {
+    "nan.npy": (np.full((1, 8, 8), np.nan), "NaN or infinite"),
+    "inf.npy": (np.full((1, 8, 8), np.inf), "NaN or infinite"),
+    "huge.npy": (np.full((1, 8, 8), 1e12), "what the first layer takes"),
+    "empty.npy": (np.zeros((0, 8, 8)), "empty"),
+    "rank4.npy": (np.zeros((1, 1, 8, 8)), "expected patch features"),
+    "strings.npy": (np.array([["a", "b"]]), "must be numbers"),
+    "negative_ids.npy": (np.array([[1, -2, 3]]), "negative"),
+}
+
+
+@pytest.mark.parametrize("name", [*BAD_INPUTS, "archive.npz", "text.npy", "objects.npy"])
+def test_infer_checks_its_input_before_connecting(tmp_path, name):
+    path = tmp_path / name
+    if name in BAD_INPUTS:
+        np.save(path, BAD_INPUTS[name][0])
+        want = BAD_INPUTS[name][1]
+    elif name == "archive.npz":
+        np.savez(path, x=np.zeros((1, 8, 8)))
+        want = ".npz archive"
+    elif name == "text.npy":
+        path.write_text("1 2 3\n")
+        want = "not a .npy file"
+    else:
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        want = "cannot be read as a plain array"
+    # nobody listens on the port: an input error must come first, as one line
+    out = subprocess.run(
+        [*SECMOE, "infer", "--connect", f"127.0.0.1:{free_port()}", "--input", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert want in out.stderr and "cannot connect" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "Traceback" not in out.stderr
+
+
+def test_infer_checks_token_ids_and_shape_against_the_servers_model(tmp_path):
+    """What needs the model (patch width, vocabulary, seq_len) is checked once its config
+    arrives, before any cryptography; the server hears why the client stopped."""
+    port = free_port()
+    server = serve(port, "--sessions", "1")
+    np.save(tmp_path / "wide.npy", np.zeros((1, 8, 5)))
+    try:
+        wait_listening(port, server)
+        out = infer(port, "--input", str(tmp_path / "wide.npy"), timeout=120)
+        _, err = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert out.returncode == 1 and "do not fit" in out.stderr and "Traceback" not in out.stderr
+    assert "the client failed" in err and "do not fit" in err, err

@@ -61,7 +61,8 @@ def _data(args: argparse.Namespace) -> dict[str, np.ndarray]:
     t, d, h = _shape(args.shape)
     g = PRG(b"secmoe-bench-mm!")
     k = args.heads
-    w = g.ring((args.experts, d, h), W_BITS).astype(np.int64) - (1 << (W_BITS - 1))
+    lim = (1 << (W_BITS - 1)) - 1  # the public bound is |W| < 2^(W_BITS−1)
+    w = g.below(2 * lim + 1, (args.experts, d, h)).astype(np.int64) - lim
     onehot = np.zeros((t, args.experts), np.uint64)
     onehot[np.arange(t), g.below(args.experts, t).astype(int)] = 1
     r = g.ring((t, args.experts))

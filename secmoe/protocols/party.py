@@ -66,7 +66,13 @@ class Party:
 
         Its OT traffic runs on ``…/name/ot``, inside the fork's own channel tree, so the
         round depths of OT messages follow the protocol and the bytes are attributed to it.
+        ``name`` may not contain ``~``: the OT pool labels the k-th repeat of a name
+        ``name~k``, so a name with ``~`` could derive the same COTs as another fork.
         """
+        if "~" in name:
+            raise ValueError(
+                f"fork name {name!r} contains '~' (reserved for repeated forks' labels)"
+            )
         ch = self.ch.fork(name)
         ot = self.ot.fork(name, ch.fork("ot")) if self.ot is not None else None
         return replace(self, ch=ch, prg=self.prg.derive(name), ot=ot)
