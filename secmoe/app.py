@@ -22,7 +22,7 @@ from .model.config import ModelConfig
 from .model.fixed import run_fixed
 from .model.reference import batched
 from .model.reference import run as run_float
-from .model.secure import RunOptions, moe_spec
+from .model.secure import Progress, RunOptions, moe_spec
 from .model.session import (
     InputError,
     SessionRefused,
@@ -38,6 +38,16 @@ from .net.stats import Stats
 from .net.tcp import TLSConfig, connect, listen, parse_hostport
 from .net.transcript import TranscriptWriter
 from .ops.moe import INSECURE_STRATEGIES
+from .progress import Reporter
+from .text import (
+    Tokenized,
+    Tokenizer,
+    decode_output,
+    decoded_lines,
+    load_tokenizer,
+    read_text,
+    tokenize,
+)
 
 APP_PARAMS = {"app": "secmoe-infer", "ring": [64, 18]}
 
@@ -169,22 +179,12 @@ def print_summary(s: dict[str, Any]) -> None:
         )
 
 
-def _progress(quiet: bool) -> Callable[[str], None]:
-    """Progress lines on stderr (none with ``--json``)."""
-
-    def progress(msg: str) -> None:
-        if not quiet:
-            print(f"  … {msg}", file=sys.stderr)
-
-    return progress
-
-
-def batches(n: int, size: int, progress: Callable[[str], None]) -> Iterator[slice]:
-    """Slices of at most ``size`` of ``n`` sequences, one session each (telling progress)."""
+def batches(n: int, size: int, log: Callable[[str], None]) -> Iterator[slice]:
+    """Slices of at most ``size`` of ``n`` sequences, one session each (telling ``log``)."""
     for start in range(0, n, size):
         stop = min(start + size, n)
         if n > size:
-            progress(f"sequences {start}-{stop - 1} of {n} (one session per batch)")
+            log(f"sequences {start}-{stop - 1} of {n} (one session per batch)")
         yield slice(start, stop)
 
 
@@ -199,19 +199,21 @@ async def _demo(args: argparse.Namespace) -> dict[str, Any]:
     instrument(cch, args.net, writer)
     instrument(sch, args.net, None)
 
-    progress = _progress(args.json)
+    reporter = Reporter(quiet=args.json)
     options = options_from_args(args)
     deadline = time.monotonic() + args.timeout
     results = []
     try:
-        for part in batches(len(x), args.batch, progress):
-            res, _ = await run_pair(
-                client_session(cch, x[part], options=options, progress=progress),
-                serve_session(
-                    sch, weights, allow_insecure=True, max_batch=args.batch, setup_idle=None
-                ),
-                timeout=max(deadline - time.monotonic(), 0.0),
-            )
+        for i, part in enumerate(batches(len(x), args.batch, reporter.log), 1):
+            label, layers = f"session {i}", weights.config.n_layers
+            with reporter.session(label, cch.stats, "client", layers) as progress:
+                res, _ = await run_pair(
+                    client_session(cch, x[part], options=options, progress=progress),
+                    serve_session(
+                        sch, weights, allow_insecure=True, max_batch=args.batch, setup_idle=None
+                    ),
+                    timeout=max(deadline - time.monotonic(), 0.0),
+                )
             results.append(res)
     finally:
         await cch.close()
@@ -291,6 +293,7 @@ async def _serve(args: argparse.Namespace, tls: TLSConfig | None) -> int:
     host, port = parse_hostport(args.listen)
     lst = await listen(host, port, params=APP_PARAMS, tls=tls, timeout=args.timeout)
     log(f"serving {weights.config.name} on {host}:{lst.port} (RSS {_mb(rss_bytes())})")
+    reporter = Reporter(line=log)
     started = 0
     try:
         while args.sessions is None or started < args.sessions:
@@ -303,7 +306,8 @@ async def _serve(args: argparse.Namespace, tls: TLSConfig | None) -> int:
             name = f"session {started} from {_peer(ch)}"
             before = rss_bytes()
             log(f"{name}: started (RSS {_mb(before)})")
-            outcome = await _serve_one(args, weights, ch)
+            with reporter.session(name, ch.stats, "server", weights.config.n_layers) as progress:
+                outcome = await _serve_one(args, weights, ch, progress)
             del ch  # nothing of the session stays referenced (its error's traceback holds it)
             release_memory()
             log(f"{name}: {outcome} (RSS {_mb(before)} before, {_mb(rss_bytes())} after)")
@@ -312,7 +316,9 @@ async def _serve(args: argparse.Namespace, tls: TLSConfig | None) -> int:
     return 0
 
 
-async def _serve_one(args: argparse.Namespace, weights: ModelWeights, ch: Channel) -> str:
+async def _serve_one(
+    args: argparse.Namespace, weights: ModelWeights, ch: Channel, progress: Progress
+) -> str:
     """One session; returns its outcome for the log. Whatever goes wrong ends only this
     session, and the reason is sent to the client."""
     instrument(ch, args.net, None)
@@ -328,6 +334,7 @@ async def _serve_one(args: argparse.Namespace, weights: ModelWeights, ch: Channe
             skip_zero_blocks=args.skip_zero_blocks,
             cache_budget=args.weight_cache << 20,
             model_id=args.model_id,
+            progress=progress,
         )
         outcome = f"done in {res.setup_seconds:.2f} s setup + {res.seconds:.2f} s"
     except SessionRefused as exc:  # the client already has the reason in the answer
@@ -379,17 +386,36 @@ def load_input(path: str) -> np.ndarray:
     return check_patch_values(x)
 
 
+def _client_input(args: argparse.Namespace) -> tuple[np.ndarray | Tokenized, Tokenizer | None]:
+    """What ``infer`` sends: a text's tokens (fitted to the server's config when it arrives),
+    a ``.npy`` or held-out bundled samples. Everything checkable without the server is
+    checked here, before any connection."""
+    if args.text is not None or args.text_file is not None:
+        if not args.tokenizer:
+            raise InputError("--text/--text-file need --tokenizer tokenizer.json")
+        tokenizer = load_tokenizer(args.tokenizer)
+        return tokenize(tokenizer, read_text(args.text, args.text_file)), tokenizer
+    if args.tokenizer:
+        raise InputError("--tokenizer is for --text/--text-file")
+    if args.input:
+        if not Path(args.input).is_file():
+            raise InputError(f"input file {args.input!r} not found")
+        return load_input(args.input), None
+    return load_heldout()[0][: args.samples], None
+
+
 async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, Any]:
-    x = load_input(args.input) if args.input else load_heldout()[0][: args.samples]
+    x, tokenizer = _client_input(args)
     host, port = parse_hostport(args.connect)
     writer = TranscriptWriter(args.transcript) if args.transcript else None
 
-    progress = _progress(args.json)
+    reporter = Reporter(quiet=args.json)
     options = options_from_args(args)
-    parts = batches(len(x), args.batch, progress) if _is_batched(x) else [slice(None)]
+    batch = tokenizer is None and _is_batched(x)
+    parts = batches(len(x), args.batch, reporter.log) if batch else [slice(None)]
     results = []
     try:
-        for part in parts:
+        for i, part in enumerate(parts, 1):
             ch = await connect(
                 host,
                 port,
@@ -399,8 +425,11 @@ async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, A
                 timeout=args.timeout,
             )
             instrument(ch, args.net, writer)
+            inputs = x if tokenizer is not None else x[part]
             try:
-                results.append(await client_session(ch, x[part], options=options))
+                with reporter.session(f"session {i}", ch.stats, "client") as progress:
+                    res = await client_session(ch, inputs, options=options, progress=progress)
+                results.append(res)
             except Exception as exc:  # tell the server why this side stops
                 await ch.abort(str(exc))
                 raise
@@ -409,12 +438,11 @@ async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, A
     finally:
         if writer is not None:
             writer.close()
-    logits = np.concatenate([r.output for r in results])
+    output = np.concatenate([r.output for r in results])
     online = [r.stats.total("online") for r in results]
     cfg = results[0].config
-    return capacity_summary(cfg, options, batched(cfg, x)[0].shape[1]) | {
-        "prediction": logits.argmax(-1).tolist(),
-        "logits": logits.tolist(),
+    tokens = batched(cfg, x(cfg) if tokenizer is not None else x)[0].shape[1]
+    out = capacity_summary(cfg, options, tokens) | {
         "sessions": len(results),
         "seconds": sum(r.seconds for r in results),
         "setup_seconds": sum(r.setup_seconds for r in results),
@@ -424,6 +452,12 @@ async def _infer(args: argparse.Namespace, tls: TLSConfig | None) -> dict[str, A
         "strategy": args.strategy,
         "model_id": results[0].model_id,
     }
+    if args.save_output:  # a text is one sequence: saved without the batch axis
+        np.save(args.save_output, output[0] if tokenizer else output, allow_pickle=False)
+        out["saved_output"] = args.save_output
+    if tokenizer is not None:
+        return out | {"text": {"input": x.note, **decode_output(cfg, output, tokenizer)}}
+    return out | {"prediction": output.argmax(-1).tolist(), "logits": output.tolist()}
 
 
 def run_serve(args: argparse.Namespace, tls: TLSConfig | None) -> int:
@@ -438,17 +472,20 @@ def run_infer(args: argparse.Namespace, tls: TLSConfig | None) -> int:
     from .cli import run_async
 
     _warn_insecure(args.strategy)
-    if args.input and not Path(args.input).is_file():
-        raise ValueError(f"input file {args.input!r} not found")
     out = run_async(_infer(args, tls))
     if args.json:
         print(json.dumps(out, sort_keys=True))
+        return 0
+    cost = (
+        f"{out['strategy']}, {out['seconds']:.2f} s, "
+        f"{(out['bytes_c2s'] + out['bytes_s2c']) / 1e6:.2f} MB, {out['rounds']} rounds"
+    )
+    if "text" in out:
+        print(f"text: {out['text']['input']} ({cost})")
+        print("\n".join(decoded_lines(out["text"], out.get("saved_output"))))
     else:
-        print(
-            f"prediction {out['prediction']} ({out['strategy']}, {out['seconds']:.2f} s, "
-            f"{(out['bytes_c2s'] + out['bytes_s2c']) / 1e6:.2f} MB, {out['rounds']} rounds)"
-        )
-        print(capacity_line(out))
+        print(f"prediction {out['prediction']} ({cost})")
+    print(capacity_line(out))
     return 0
 
 

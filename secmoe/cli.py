@@ -21,6 +21,7 @@ from .net import NetError, PartyError
 from .net.shaping import PROFILES
 from .net.transcript import read_transcript, summarize
 from .ops.linear import DEFAULT_CACHE_BUDGET
+from .progress import fmt_bytes as _fmt_bytes
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -215,7 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = sub.add_parser("infer", help="the client: private inference against a server")
     infer.add_argument("--connect", required=True, metavar="HOST:PORT")
-    infer.add_argument("--input", help="a .npy of inputs (default: held-out bundled samples)")
+    given = infer.add_mutually_exclusive_group()
+    given.add_argument("--input", help="a .npy of inputs (default: held-out bundled samples)")
+    given.add_argument("--text", help="a text, tokenized on this side with --tokenizer")
+    given.add_argument("--text-file", metavar="FILE", help="as --text, the text of a UTF-8 file")
+    infer.add_argument(
+        "--tokenizer",
+        metavar="FILE",
+        help="a Hugging Face tokenizers file (tokenizer.json) for --text/--text-file; its "
+        "vocabulary must be the model's",
+    )
+    infer.add_argument(
+        "--save-output",
+        metavar="FILE",
+        help="save the revealed output as .npy (for a text: (T, width), e.g. an encoder's "
+        "per-token hidden states)",
+    )
     _add_count_args(infer, 1, "held-out images without --input (default 1)")
     infer.add_argument("--strategy", choices=strategies, default="select")
     _add_capacity_args(infer)
@@ -279,14 +295,6 @@ def _add_tls_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", help="this party's private key (PEM)")
     p.add_argument("--tls-ca", help="CA to verify the peer (server: require client certs)")
     p.add_argument("--tls-server-name", help="client: expected server name (default: host)")
-
-
-def _fmt_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000
-    return f"{n:.2f} GB"
 
 
 def _print_result(result: dict[str, Any], as_json: bool) -> None:

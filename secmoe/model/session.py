@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -391,7 +392,7 @@ async def serve_session(
 
 async def client_session(
     ch: Channel,
-    inputs: np.ndarray,
+    inputs: np.ndarray | Callable[[ModelConfig], np.ndarray],
     *,
     options: RunOptions | None = None,
     prg: PRG | None = None,
@@ -400,7 +401,8 @@ async def client_session(
     """The client's side: sends its request, runs the secure forward pass, returns the output.
 
     ``inputs``: patch features (B, T, patch_dim) or token ids (B, T) (a single sequence without
-    the batch axis is accepted). Inputs that do not fit the server's model
+    the batch axis is accepted), or a function making them from the server's config (e.g. to
+    truncate a tokenized text to its ``seq_len``). Inputs that do not fit the server's model
     (:func:`check_inputs`) end the session before any cryptography, with
     :class:`InputError`. The client keeps to the deadline the server announces.
     """
@@ -411,7 +413,7 @@ async def client_session(
         if not (isinstance(model, dict) and isinstance(model.get("config"), str)):
             raise SessionRefused(f"the server sent a malformed model description {shown(model)}")
         cfg = ModelConfig.from_json(model["config"])
-        x = check_inputs(cfg, inputs)
+        x = check_inputs(cfg, inputs(cfg) if callable(inputs) else inputs)
         shape = (int(x.shape[0]), int(x.shape[1]))
         request = {
             "strategy": options.strategy,
