@@ -491,10 +491,11 @@ class ReturnPacker:
         else:
             if ct.size() != 2 or ct.coeff_modulus_size() != level:
                 raise HEError("ReturnPacker expects a two-component ciphertext at its level")
-            if not ct.is_ntt_form():
-                ev.transform_to_ntt_inplace(ct)
+            if not ct.is_ntt_form():  # move u·pk rather than ct (the same sum, exactly)
+                ev.transform_from_ntt_inplace(z)
             ev.add_inplace(ct, z)
-        ev.transform_from_ntt_inplace(ct)
+        if ct.is_ntt_form():
+            ev.transform_from_ntt_inplace(ct)
         # Steps 1-3 (coefficient domain): e1 + flood + Δ·R at the positions, e2.
         primes = ctx.primes[:level]
         e = sample_cbd(prg, (2, n), CBD_ETA)

@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -277,35 +277,101 @@ def step_client_encrypt(he: ClientHE, t_c: np.ndarray, x_c: np.ndarray, plan: Se
     return seed_t, pack_fresh(he.ctx, c0_t, lv), seed_x, pack_fresh(he.ctx, c0_x, lv)
 
 
-def _expand(he: ServerHE, ct: sealapi.Ciphertext, plan: SelectPlan) -> list[sealapi.Ciphertext]:
-    """SealPIR expansion: ct of Σ_i m_i X^i → [ct of 2^λ·m_i] (i < T·E), NTT form."""
-    ctx, ev = he.ctx, he.ctx.evaluator
-    n = ctx.n
-    cts = [ct]
-    for j in range(plan.lam):
-        g = n // (1 << j) + 1
-        if g not in he.galois_elements:
-            raise HEError(f"missing Galois key for element {g}")
-        mono = np.zeros(n, dtype=np.int64)
-        mono[n - (1 << j)] = -1  # X^(−2^j) = −X^(N−2^j)
-        mono_pt = ctx.plain_small(mono, plan.level)
-        new: list[sealapi.Ciphertext | None] = [None] * (2 * len(cts))
-        for i, c in enumerate(cts):
-            sig = sealapi.Ciphertext(ctx.seal)
-            ev.apply_galois(c, g, he.galois, sig)
-            even = sealapi.Ciphertext(ctx.seal)
-            ev.add(c, sig, even)
-            odd = sealapi.Ciphertext(ctx.seal)
-            ev.sub(c, sig, odd)
-            ev.transform_to_ntt_inplace(odd)
-            ev.multiply_plain_inplace(odd, mono_pt)
-            ev.transform_from_ntt_inplace(odd)
-            new[i], new[i + len(cts)] = even, odd
-        cts = new  # type: ignore[assignment]
-    out = cts[: plan.t * plan.e]
-    for c in out:
+def _children(he: ServerHE, c, j: int, mono_pt, odd: bool, last: bool) -> tuple:
+    """One expansion step on c (coefficient form; consumed): (c + σ(c), (c − σ(c))·X^(−2^j)
+    or None), in NTT form at the last level."""
+    ev = he.ctx.evaluator
+    sig = sealapi.Ciphertext(he.ctx.seal)
+    ev.apply_galois(c, he.ctx.n // (1 << j) + 1, he.galois, sig)
+    o = None
+    if odd:
+        o = sealapi.Ciphertext(he.ctx.seal)
+        ev.sub(c, sig, o)
+        ev.transform_to_ntt_inplace(o)
+        ev.multiply_plain_inplace(o, mono_pt)
+        if not last:
+            ev.transform_from_ntt_inplace(o)
+    ev.add_inplace(c, sig)
+    if last:
         ev.transform_to_ntt_inplace(c)
+    return c, o
+
+
+def _monomials(he: ServerHE, plan: SelectPlan) -> list[sealapi.Plaintext]:
+    """X^(−2^j) = −X^(N−2^j) as NTT plaintexts, j < λ (checking the Galois keys)."""
+    n, out = he.ctx.n, []
+    for j in range(plan.lam):
+        if n // (1 << j) + 1 not in he.galois_elements:
+            raise HEError(f"missing Galois key for element {n // (1 << j) + 1}")
+        mono = np.zeros(n, dtype=np.int64)
+        mono[n - (1 << j)] = -1
+        out.append(he.ctx.plain_small(mono, plan.level))
     return out
+
+
+def _expand(he: ServerHE, ct: sealapi.Ciphertext, plan: SelectPlan) -> list[sealapi.Ciphertext]:
+    """SealPIR expansion: ct of Σ_i m_i X^i → [ct of 2^λ·m_i] (i < T·E), NTT form, breadth
+    first (all T·E at once; parents are dropped as their children appear; children with no
+    index below T·E are not computed)."""
+    want, monos = plan.t * plan.e, _monomials(he, plan)
+    cts: list = [ct]
+    for j in range(plan.lam):
+        half = len(cts)
+        new: list = [None] * min(2 * half, want)
+        for i in range(half):
+            c, cts[i] = cts[i], None
+            last = j == plan.lam - 1
+            new[i], odd = _children(he, c, j, monos[j], i + half < len(new), last)
+            if odd is not None:
+                new[i + half] = odd
+        cts = new
+    return cts
+
+
+def _expand_depth_first(he: ServerHE, ct: sealapi.Ciphertext, plan: SelectPlan) -> Iterator:
+    """The same expansion, depth first: yields (i, ct of 2^λ·m_i) holding ≤ λ + 1 ciphertexts."""
+    want, monos = plan.t * plan.e, _monomials(he, plan)
+    stack = [(ct, 0, 0)]
+    while stack:
+        c, j, i = stack.pop()
+        if j == plan.lam:
+            yield i, c
+            continue
+        even, odd = _children(he, c, j, monos[j], i + (1 << j) < want, j == plan.lam - 1)
+        if odd is not None:
+            stack.append((odd, j + 1, i + (1 << j)))
+        stack.append((even, j + 1, i))
+
+
+def _select(ctx, weights: SelectWeights, leaves, blocks, tmp, keep: bool) -> tuple[dict, dict]:
+    """Step 3 over ``leaves`` ((k, j, [[t_kj]]) in any order) for ``blocks`` ((m, c, b)):
+    ({(k, m, c, b): [[Σ_j t_kj·Ŵ_j,m[b, c]]]}, {k: [[t_k0]]}). Each plaintext is converted
+    once while consecutive leaves share it (all of them kept if ``keep``); zero blocks are
+    multiplied (by the constant 1) and discarded unless ``skip_zero_blocks``."""
+    lv, e = weights.plan.level, weights.plan.e
+    dummy, discarded = dummy_plain(ctx, lv), None
+    wsel: dict = {}
+    first: dict = {}
+    pts: dict = {}
+    for i, tct in leaves:
+        k, j = divmod(i, e)
+        if j == 0:
+            first[k] = tct
+        for m, c, b in blocks:
+            poly = weights.polys[j][m][b, c]
+            zero = not poly.any()
+            if zero and weights.skip_zero_blocks:
+                continue
+            pt = pts.get((j, m, c, b))
+            if pt is None:
+                if not keep:
+                    pts.clear()
+                pt = pts[(j, m, c, b)] = ctx.plain_small(poly, lv)  # even if zero (same time)
+            if zero:
+                discarded = mul_acc(ctx, tct, dummy, discarded, tmp)
+            else:
+                wsel[(k, m, c, b)] = mul_acc(ctx, tct, pt, wsel.get((k, m, c, b)), tmp)
+    return wsel, first
 
 
 def step_server_eval(
@@ -316,10 +382,18 @@ def step_server_eval(
     msg: dict,
     prg: PRG,
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict]:
-    """Server's work: its shares (one T×h_m per matrix), packed c1, c0 and timings."""
+    """Server's work: its shares (one T×h_m per matrix), packed c1, c0 and timings.
+
+    When the experts have fewer weight blocks than the selection has one-hot entries
+    (E·n_blocks + T·n_blocks < T·E, small d), the expansion runs depth first and each
+    expanded constant is used at once, so the T·E ciphertexts never coexist.
+    """
     ctx, ev = he.ctx, he.ctx.evaluator
     plan, tok = weights.plan, weights.plan.token
     lv, primes, n = plan.level, ctx.primes[: plan.level], ctx.n
+    nb, t, e = tok.nb, plan.t, plan.e
+    outs = [(m, c) for m in range(len(tok.hs)) for c in range(tok.nc(m))]
+    fused = (e + t) * nb * len(outs) < t * e
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     # Step 2a: [[t]] = [[t_c]] + t_s, expanded into T·E constants.
@@ -331,7 +405,7 @@ def step_server_eval(
     a_t = expand_a(bytes(msg["seed_t"]), 1, primes, n)
     ct_t = ctx.import_ct(np.concatenate([c0_t, a_t]), ntt=True)
     ev.transform_from_ntt_inplace(ct_t)
-    tcts = _expand(he, ct_t, plan)
+    tcts = [] if fused else _expand(he, ct_t, plan)
     times["expand"] = time.perf_counter() - t0
     # Step 2b: [[x]] = [[x_c]] + x_s (BGV: the share is added unscaled), as NTT plaintexts.
     c0_x = unpack_fresh(ctx, msg["c0_x"], plan.n_x, lv)
@@ -340,57 +414,53 @@ def step_server_eval(
     a_x = expand_a(bytes(msg["seed_x"]), plan.n_x, primes, n)
     x0 = [ctx.plain_from_ntt(c0_x[i]) for i in range(plan.n_x)]
     x1 = [ctx.plain_from_ntt(a_x[i]) for i in range(plan.n_x)]
-    # Steps 3-5 per output block (m, c), for all tokens at once.
     packer = ReturnPacker(ctx, he.pk, tok.beta)
-    nb, t, e = tok.nb, plan.t, plan.e
     results: dict[tuple[int, int, int], tuple] = {}
     tmp = sealapi.Ciphertext(ctx.seal)
-    dummy, discarded = dummy_plain(ctx, lv), None  # zero blocks: the same work, discarded
-    skip = weights.skip_zero_blocks
+    discarded = None
     t_sel = t_ten = t_fin = 0.0
-    for m in range(len(tok.hs)):
-        for c in range(tok.nc(m)):
-            acc_a: list = [None] * t
-            acc_b: list = [None] * t
-            for b in range(nb):
-                s0 = time.perf_counter()
-                wsel: list = [None] * t
-                for j in range(e):
-                    poly = weights.polys[j][m][b, c]
-                    zero = not poly.any()
-                    if zero and skip:
-                        continue
-                    pt = ctx.plain_small(poly, lv)  # encoded even if zero (same time)
-                    pt = dummy if zero else pt
-                    for k in range(t):
-                        if zero:
-                            discarded = mul_acc(ctx, tcts[k * e + j], pt, discarded, tmp)
-                        else:
-                            wsel[k] = mul_acc(ctx, tcts[k * e + j], pt, wsel[k], tmp)
-                s1 = time.perf_counter()
-                for k in range(t):  # tensor: (W0, W1) ⊗ (x0, x1), accumulated as A and B
-                    if wsel[k] is None and skip:
-                        continue
-                    for acc, xp in ((acc_a, x0), (acc_b, x1)):
-                        if wsel[k] is None:  # the block is zero in every expert
-                            discarded = mul_acc(ctx, tcts[k * e], xp[k * nb + b], discarded, tmp)
-                        else:
-                            acc[k] = mul_acc(ctx, wsel[k], xp[k * nb + b], acc[k], tmp)
-                t_sel += s1 - s0
-                t_ten += time.perf_counter() - s1
-            s2 = time.perf_counter()
-            hc = min(tok.hb, tok.hs[m] - c * tok.hb)
-            pos = tok.positions(1, hc)
-            for k in range(t):
-                ct = None
-                if acc_a[k] is not None:
-                    ca, cb = ctx.export_ct(acc_a[k]), ctx.export_ct(acc_b[k])
-                    three = np.stack([ca[0], add_rns(ca[1], cb[0], primes), cb[1]])
-                    ct = ctx.import_ct(three, ntt=True)
-                    ev.transform_from_ntt_inplace(ct)
-                    ev.relinearize_inplace(ct, he.relin)
-                results[(k, m, c)] = packer.finish(ct, pos, prg, lv)
-            t_fin += time.perf_counter() - s2
+    if fused:  # expansion and selection for every block at once
+        s0 = time.perf_counter()
+        blocks = [(m, c, b) for m, c in outs for b in range(nb)]
+        leaves = _expand_depth_first(he, ct_t, plan)
+        wsel_all, first = _select(ctx, weights, leaves, blocks, tmp, keep=True)
+        t_sel += time.perf_counter() - s0
+    # Steps 3-5 per output block (m, c), for all tokens at once.
+    for m, c in outs:
+        acc_a: list = [None] * t
+        acc_b: list = [None] * t
+        for b in range(nb):
+            s0 = time.perf_counter()
+            if not fused:
+                leaves = ((k * e + j, tcts[k * e + j]) for j in range(e) for k in range(t))
+                wsel_all, first = _select(ctx, weights, leaves, [(m, c, b)], tmp, keep=False)
+            wsel = [wsel_all.pop((k, m, c, b), None) for k in range(t)]
+            s1 = time.perf_counter()
+            for k in range(t):  # tensor: (W0, W1) ⊗ (x0, x1), accumulated as A and B
+                if wsel[k] is None and weights.skip_zero_blocks:
+                    continue
+                for acc, xp in ((acc_a, x0), (acc_b, x1)):
+                    if wsel[k] is None:  # the block is zero in every expert
+                        discarded = mul_acc(ctx, first[k], xp[k * nb + b], discarded, tmp)
+                    else:
+                        acc[k] = mul_acc(ctx, wsel[k], xp[k * nb + b], acc[k], tmp)
+            t_sel += s1 - s0
+            t_ten += time.perf_counter() - s1
+        s2 = time.perf_counter()
+        hc = min(tok.hb, tok.hs[m] - c * tok.hb)
+        pos = tok.positions(1, hc)
+        for k in range(t):
+            ct = None
+            if acc_a[k] is not None:  # (a0, a1, 0) + (0, b0, b1), in SEAL but for B
+                ct, cb = acc_a[k], ctx.export_ct(acc_b[k])
+                ct.resize(3)
+                ev.add_inplace(
+                    ct, ctx.import_ct(np.concatenate([np.zeros_like(cb[:1]), cb]), ntt=True)
+                )
+                ev.transform_from_ntt_inplace(ct)
+                ev.relinearize_inplace(ct, he.relin)
+            results[(k, m, c)] = packer.finish(ct, pos, prg, lv)
+        t_fin += time.perf_counter() - s2
     times.update(select=t_sel, tensor=t_ten, finish=t_fin)
     # Output order: token-major, then the token plan's (m, c) order.
     shares = [np.zeros((t, h), dtype=U64) for h in tok.hs]

@@ -273,21 +273,18 @@ def make_selection(t, e, d, hs, seed=b"selection-case-0"):
     return t_c, onehot - t_c, x_c, x_s, ws, r
 
 
-async def test_encrypted_selection_is_exact_and_bytes_do_not_grow_with_experts():
+async def run_selection(plan, case, skip=False):
+    """Both parties of one selection on ``case`` (from :func:`make_selection`): the client's
+    shares and bytes of the selection itself, the server's shares."""
     from secmoe.protocols.he_select import (
         encode_select_weights,
-        ideal_select,
-        plan_select,
         select_client,
-        select_cost,
         select_server,
         setup_select_client,
         setup_select_server,
     )
 
-    t, e, d, hs = 3, 3, 9, (7, 4)
-    t_c, t_s, x_c, x_s, ws, r = make_selection(t, e, d, hs)
-    plan = plan_select(t, e, d, hs)
+    t_c, t_s, x_c, x_s, ws, _ = case
 
     async def client(ch):
         prg = PRG(SEEDS["client"])
@@ -297,11 +294,22 @@ async def test_encrypted_selection_is_exact_and_bytes_do_not_grow_with_experts()
         return out, ch.stats.since(snap)
 
     async def server(ch):
-        prg = PRG(SEEDS["server"])
         he = await setup_select_server(ch, plan)
-        return await select_server(ch, he, t_s, x_s, encode_select_weights(ws, plan), prg)
+        weights = encode_select_weights(ws, plan, skip_zero_blocks=skip)
+        return await select_server(ch, he, t_s, x_s, weights, PRG(SEEDS["server"]))
 
     (yc, delta), ys = await run_local(client, server, timeout=60)
+    return yc, delta, ys
+
+
+async def test_encrypted_selection_is_exact_and_bytes_do_not_grow_with_experts():
+    from secmoe.protocols.he_select import ideal_select, plan_select, select_cost
+
+    t, e, d, hs = 3, 3, 9, (7, 4)
+    case = make_selection(t, e, d, hs)
+    t_c, t_s, x_c, x_s, ws, r = case
+    plan = plan_select(t, e, d, hs)
+    yc, delta, ys = await run_selection(plan, case)
     ideal = ideal_select(t_c, t_s, x_c, x_s, ws)
     x = x_c + x_s
     for m in range(len(hs)):
@@ -321,6 +329,29 @@ async def test_encrypted_selection_is_exact_and_bytes_do_not_grow_with_experts()
         if other.level == plan.level:
             assert select_cost(other)["bytes_c2s"] == cost["bytes_c2s"]
             assert select_cost(other)["bytes_s2c"] == cost["bytes_s2c"]
+
+
+@pytest.mark.parametrize("skip", [False, True])
+async def test_selection_with_few_blocks_expands_depth_first_and_stays_exact(skip):
+    """Small d (fewer weight blocks than one-hot entries): the depth-first expansion path, with
+    T·E not a power of two, an all-zero expert and a matrix zero in every expert, with and
+    without ``skip_zero_blocks``: still exact, and the bytes are the declared ones."""
+    from secmoe.protocols.he_select import ideal_select, plan_select, select_cost
+
+    t, e, d, hs = 3, 7, 5, (3, 2)
+    t_c, t_s, x_c, x_s, ws, _r = make_selection(t, e, d, hs, seed=b"selection-case-1")
+    ws[2] = [np.zeros_like(w) for w in ws[2]]
+    for w in ws:  # matrix 1: zero in every expert
+        w[1][:] = 0
+    plan = plan_select(t, e, d, hs)
+    blocks = plan.token.nb * sum(plan.token.nc(m) for m in range(len(hs)))
+    assert (e + t) * blocks < t * e  # the fused, depth-first path
+
+    yc, delta, ys = await run_selection(plan, (t_c, t_s, x_c, x_s, ws, _r), skip)
+    for m, want in enumerate(ideal_select(t_c, t_s, x_c, x_s, ws)):
+        assert np.array_equal(yc[m] + ys[m], want)
+    cost = select_cost(plan)
+    assert (delta.bytes_c2s, delta.bytes_s2c) == (cost["bytes_c2s"], cost["bytes_s2c"])
 
 
 async def test_selection_without_evaluation_keys_is_refused():
