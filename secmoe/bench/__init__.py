@@ -3,6 +3,7 @@
 from . import (  # noqa: F401  (register the ops)
     channel_bench,
     matmul_bench,
+    model_bench,
     moe_bench,
     ops_bench,
     ot_bench,

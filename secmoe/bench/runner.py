@@ -13,6 +13,16 @@ from ..net.transcript import TranscriptWriter
 from .registry import BenchOp
 
 
+async def swap(ch: Channel, mine: Any, tag: str) -> Any:
+    """Send ``mine`` to the peer and return the peer's (the client sends first)."""
+    if ch.role == "client":
+        await ch.send(mine, tag=tag)
+        return await ch.recv(tag=tag)
+    theirs = await ch.recv(tag=tag)
+    await ch.send(mine, tag=tag)
+    return theirs
+
+
 async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[str, Any]:
     """Run ``op`` as this party; both parties return the same figures.
 
@@ -33,12 +43,7 @@ async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[
         extra = await op.check(ch, args, state, output)
     with ch.phase("report"):
         mine = {"seconds": seconds, "setup_seconds": setup_s, "cpu": cpu, "extra": extra}
-        if ch.role == "client":
-            await ch.send(mine, tag="bench/report")
-            theirs = await ch.recv(tag="bench/report")
-        else:
-            theirs = await ch.recv(tag="bench/report")
-            await ch.send(mine, tag="bench/report")
+        theirs = await swap(ch, mine, "bench/report")
     client, server = (mine, theirs) if ch.role == "client" else (theirs, mine)
     seconds = max(seconds, theirs["seconds"])
     wire = cost.bytes_total + cost.framing_c2s + cost.framing_s2c
