@@ -36,6 +36,7 @@ from ..crypto.he_params import FLOOD_UNION_BITS, HE_8K, HE_16K
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING
 from ..net import Channel
+from ..net.errors import quoted
 from ..ops.linear import (
     DEFAULT_CACHE_BUDGET,
     W_BITS,
@@ -44,7 +45,7 @@ from ..ops.linear import (
     select_chunk,
     setup_he,
 )
-from ..ops.moe import INSECURE_STRATEGIES, shown
+from ..ops.moe import INSECURE_STRATEGIES
 from ..protocols.party import Party
 from .config import ModelConfig
 from .reference import batched
@@ -269,8 +270,8 @@ def _check_request(
     """The request's options, batch shape and κ, each value checked against this server's
     bounds; :class:`SessionRefused` names the first that is not acceptable."""
     if not isinstance(req, dict):
-        raise SessionRefused(f"malformed request {shown(req)}")
-    unknown = sorted(map(shown, set(req) - set(REQUEST_FIELDS)))
+        raise SessionRefused(f"malformed request {quoted(req)}")
+    unknown = sorted(quoted(k) for k in set(req) - set(REQUEST_FIELDS))
     if unknown:
         raise SessionRefused(f"unknown request fields {', '.join(unknown)}")
     strategy, shape = req.get("strategy"), req.get("shape")
@@ -280,15 +281,15 @@ def _check_request(
         and len(shape) == 2
         and all(isinstance(v, int) and not isinstance(v, bool) for v in shape)
     ):
-        raise SessionRefused(f"malformed batch shape {shown(shape)}")
+        raise SessionRefused(f"malformed batch shape {quoted(shape)}")
     b, t = shape
     if not 1 <= b <= max_batch:
         raise SessionRefused(
-            f"batch size {shown(b)} outside [1, {max_batch}] (this server's limit: send at most "
+            f"batch size {quoted(b)} outside [1, {max_batch}] (this server's limit: send at most "
             f"{max_batch} sequences per session)"
         )
     if not 1 <= t <= cfg.seq_len:
-        raise SessionRefused(f"sequence length {shown(t)} outside [1, {cfg.seq_len}]")
+        raise SessionRefused(f"sequence length {quoted(t)} outside [1, {cfg.seq_len}]")
     if max_tokens is not None and b * t > max_tokens:
         raise SessionRefused(
             f"{b}×{t} = {b * t} tokens, more than this server's limit of {max_tokens} per "
@@ -297,9 +298,9 @@ def _check_request(
     # A capacity beyond T means T (nothing to drop): MoESpec.capacity_for clamps it, so a huge
     # value costs nothing. Types first (msgpack may send any), values in RunOptions.
     if isinstance(capacity, bool) or not (capacity is None or isinstance(capacity, int)):
-        raise SessionRefused(f"malformed capacity {shown(capacity)}: an integer ≥ 1 or none")
+        raise SessionRefused(f"malformed capacity {quoted(capacity)}: an integer ≥ 1 or none")
     if isinstance(factor, bool) or not (factor is None or isinstance(factor, float | int)):
-        raise SessionRefused(f"malformed capacity factor {shown(factor)}: a number > 0 or none")
+        raise SessionRefused(f"malformed capacity factor {quoted(factor)}: a number > 0 or none")
     try:
         options = RunOptions(strategy, factor, capacity)
     except (TypeError, ValueError) as exc:
@@ -411,7 +412,7 @@ async def client_session(
     with ch.phase("setup"):
         model = await ch.recv(tag="setup/model")
         if not (isinstance(model, dict) and isinstance(model.get("config"), str)):
-            raise SessionRefused(f"the server sent a malformed model description {shown(model)}")
+            raise SessionRefused(f"the server sent a malformed model description {quoted(model)}")
         cfg = ModelConfig.from_json(model["config"])
         x = check_inputs(cfg, inputs(cfg) if callable(inputs) else inputs)
         shape = (int(x.shape[0]), int(x.shape[1]))
@@ -424,12 +425,12 @@ async def client_session(
         await ch.send(request, tag="setup/request")
         answer = await ch.recv(tag="setup/answer")
         if not isinstance(answer, dict):
-            raise SessionRefused(f"the server sent a malformed answer {shown(answer)}")
+            raise SessionRefused(f"the server sent a malformed answer {quoted(answer)}")
         if not answer.get("ok"):
             raise SessionRefused(f"the server refused: {answer.get('error')}")
         union_bits, deadline = answer.get("union_bits"), answer.get("deadline")
         if not (isinstance(union_bits, int) and FLOOD_UNION_BITS <= union_bits <= MAX_UNION_BITS):
-            raise SessionRefused(f"the server sent a bad flooding budget {shown(union_bits)}")
+            raise SessionRefused(f"the server sent a bad flooding budget {quoted(union_bits)}")
         if isinstance(deadline, int | float) and 0 < deadline < math.inf:
             ch.session.set_deadline(float(deadline) + DEFAULT_SETUP_IDLE)  # the server ends first
         p = await setup_inference(

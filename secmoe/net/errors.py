@@ -13,8 +13,16 @@ def one_line(text: str, limit: int = REASON_MAX) -> str:
 
 
 def shown(value: object, limit: int = 120) -> str:
-    """A peer-supplied value (path, tag, header) as it appears in an error: its repr, clipped."""
+    """A peer-supplied value (path, tag, header, request field) as it appears in an error: its
+    repr, clipped; an integer too large to print usefully by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
     return one_line(repr(value), limit)
+
+
+def quoted(value: object) -> str:
+    """A (possibly hostile) request value as quoted in a refusal: :func:`shown`, kept short."""
+    return shown(value, 40)
 
 
 _KINDS = {  # msgpack's errors, some of which carry no text

@@ -63,6 +63,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..net.errors import quoted
 from ..protocols import arith
 from ..protocols.boolean import bits_of_01, mux
 from ..protocols.party import Party
@@ -144,22 +145,14 @@ def check_capacity(capacity: object, factor: object) -> None:
     if capacity is not None and (
         isinstance(capacity, bool) or not isinstance(capacity, int | np.integer) or capacity < 1
     ):
-        raise ValueError(f"capacity must be an integer ≥ 1, got {shown(capacity)}")
+        raise ValueError(f"capacity must be an integer ≥ 1, got {quoted(capacity)}")
     if factor is not None and (
         isinstance(factor, bool)
         or not isinstance(factor, int | float | np.integer | np.floating)
         or (isinstance(factor, float | np.floating) and not math.isfinite(factor))
         or factor <= 0
     ):
-        raise ValueError(f"capacity factor must be a finite number > 0, got {shown(factor)}")
-
-
-def shown(value: object) -> str:
-    """A short printable form of a (possibly hostile) request value for an error message."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(f"capacity factor must be a finite number > 0, got {quoted(factor)}")
 
 
 async def route(
