@@ -115,7 +115,7 @@ async def _secure(name: str, strategy: str) -> np.ndarray:
     return res.output
 
 
-@pytest.mark.parametrize("strategy", ["select", "dispatch"])
+@pytest.mark.parametrize("strategy", ["select", "dispatch", "all"])
 @pytest.mark.parametrize("name", SECURE_CASES)
 async def test_secure_run_matches_transformers(name, strategy):
     case = hf_case(name)
