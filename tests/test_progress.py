@@ -17,7 +17,7 @@ from secmoe.model.session import client_session, serve_session
 from secmoe.model.weights import load_weights
 from secmoe.net import run_pair
 from secmoe.net.memory import memory_pair
-from secmoe.progress import Reporter
+from secmoe.progress import Reporter, _Work
 from tests.hf_helpers import FIXTURES
 from tests.test_serve_infer import SECMOE, free_port, serve, wait_listening
 
@@ -52,7 +52,10 @@ async def test_not_a_terminal_prints_one_plain_line_per_layer_with_bytes():
     reporter = Reporter(console=Console(file=StringIO()), line=lines.append)
     assert not reporter.live
     sent, received = await _session(reporter)
-    pattern = r"session 1: layer (\d)/2 done \(sent ([\d.]+ [KMG]?B), received ([\d.]+ [KMG]?B)\)"
+    pattern = (
+        r"session 1: layer (\d)/2 done \(sent ([\d.]+ [KMG]?B), received ([\d.]+ [KMG]?B), "
+        r"about \d+ s left\)"
+    )
     found = [re.fullmatch(pattern, line) for line in lines]
     assert all(found) and [int(m[1]) for m in found] == [1, 2], lines
     # bytes grow layer by layer and stay within the session's totals (the output's reveal
@@ -74,6 +77,33 @@ async def test_quiet_prints_nothing():
     with reporter.session("s", memory_pair()[0].stats, "client", 2) as progress:
         progress("layer 1/2 done")
     assert lines == [] and out.getvalue() == ""
+
+
+def test_the_time_left_follows_the_announced_stage_work():
+    lines: list[str] = []
+    reporter = Reporter(console=Console(file=StringIO()), line=lines.append)
+    with reporter.session("s", memory_pair()[0].stats, "client") as progress:
+        progress("plan work 10,10,70,10")  # embedding, a dense layer, an MoE layer, the head
+        time.sleep(0.2)
+        progress("layer 1/2 done")  # 20 of 100 done: four times the elapsed time is left
+        progress("routing")
+    assert len(lines) == 2, lines  # the plan itself prints nothing
+    left = float(re.search(r"about (\d+) s left", lines[0])[1])
+    assert 0.7 <= left <= 1.5, lines[0]
+    assert lines[1].startswith("s: routing (") and "left" not in lines[1]
+
+
+def test_a_bar_counts_layers_but_fills_by_stage_work():
+    work = _Work(None)
+    assert work.event("plan work 10,10,70,10") == "plan"
+    assert (work.total, work.completed, work.layers_text()) == (100, 10, "0/2 layers")
+    assert work.event("layer 1/2 done") == "layer"
+    assert (work.completed, work.layers_text()) == (20, "1/2 layers")
+    assert work.event("layer 2/2 done") == "layer" and work.completed == 90
+    assert work.event("routing") is None
+    counted = _Work(4)  # no plan: the layers are the work
+    counted.event("layer 1/4 done")
+    assert (counted.total, counted.completed) == (4, 1)
 
 
 async def test_a_terminal_gets_a_bar_with_layers_and_bytes():

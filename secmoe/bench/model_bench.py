@@ -51,6 +51,7 @@ from ..crypto.prg import PRG
 from ..model.config import ModelConfig, preset, preset_names
 from ..model.fixed import run_fixed
 from ..model.lazy_weights import StreamedLayers, lazy_random_weights, materialize
+from ..model.plan_work import announce_work
 from ..model.secure import RunOptions, moe_spec, secure_forward
 from ..model.session import (
     MAX_UNION_BITS,
@@ -65,6 +66,7 @@ from ..net.shaping import PROFILES
 from ..net.stats import Counter
 from ..ops.linear import HEState, prepare, prepare_select
 from ..ops.moe import STRATEGIES
+from ..progress import Reporter
 from ..protocols.party import Party
 from .registry import BenchOp, register
 from .runner import swap
@@ -335,10 +337,17 @@ async def _run(ch: Channel, args: argparse.Namespace, st: dict[str, Any]) -> np.
     clock.inner = ch.session.recorder
     ch.session.recorder = clock
     clock.start()
+    cfg, shape, options = st["cfg"], st["shape"], st["options"]
+    # one bar: this party's over TCP, the client's when both parties run here
+    shown = args.party is not None or ch.role == "client"
+    reporter = Reporter(quiet=args.json or not shown)
+    label = f"{cfg.name} {options.strategy} ({ch.role})"
     try:
-        return await secure_forward(
-            st["p"], st["cfg"], st["weights"], st["inputs"], st["shape"], st["options"]
-        )
+        with reporter.session(label, ch.stats, ch.role, cfg.n_layers) as progress:
+            announce_work(progress, cfg, options, shape)
+            return await secure_forward(
+                st["p"], cfg, st["weights"], st["inputs"], shape, options, progress
+            )
     finally:
         ch.session.recorder = clock.inner
 
