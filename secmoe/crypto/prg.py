@@ -18,6 +18,20 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 SEED_BYTES = 16
 
 
+_ZEROS = np.zeros(0, np.uint8)
+
+
+def _zeros(n: int) -> np.ndarray:
+    """A read-only all-zero buffer of n bytes (the CTR plaintext of :meth:`PRG.fill`)."""
+    global _ZEROS
+    z = _ZEROS  # one read: another thread may replace it meanwhile
+    if z.size < n:
+        z = np.zeros(max(n, 2 * z.size, 1 << 16), np.uint8)
+        z.flags.writeable = False
+        _ZEROS = z
+    return z[:n]
+
+
 class PRG:
     """AES-128-CTR keystream generator.
 
@@ -38,6 +52,14 @@ class PRG:
         if n < 0:
             raise ValueError("n must be non-negative")
         return self._enc.update(bytes(n))
+
+    def fill(self, out: np.ndarray) -> None:
+        """Overwrite ``out`` (a C-contiguous array) with the next ``out.nbytes`` bytes of the
+        stream: the bytes :meth:`random_bytes` would return, written in place (no copy)."""
+        if not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("PRG.fill needs a writable C-contiguous array")
+        buf = out.reshape(-1).view(np.uint8)
+        self._enc.update_into(_zeros(buf.size), buf)
 
     def _array(self, shape: int | tuple[int, ...], dtype: type) -> np.ndarray:
         shape = (shape,) if isinstance(shape, int) else tuple(shape)

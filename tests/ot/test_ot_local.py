@@ -11,6 +11,7 @@ from secmoe.crypto.bitmatrix import (
     packed_size,
     transpose,
     transpose_2d,
+    transpose_masked,
     unpack_bits,
     words_to_bits,
 )
@@ -86,6 +87,28 @@ def test_transpose_matches_reference_and_is_an_involution(shape):
     assert t.shape == (64 * shape[1], shape[0] // 64)
     np.testing.assert_array_equal(t, _transpose_ref(m))
     np.testing.assert_array_equal(transpose(t), m)
+
+
+@pytest.mark.parametrize("shape", [(128, 1), (128, 4096), (64, 13)])
+def test_transpose_masked_is_the_transpose_of_the_masked_xor(shape):
+    g = PRG(b"m" * 16)
+    m, u = g.uint64(shape), g.uint64(shape)
+    sel = np.where(g.bits(shape[0]), ~np.uint64(0), np.uint64(0))
+    want = _transpose_ref(m ^ (u & sel[:, None]))
+    np.testing.assert_array_equal(transpose_masked(m, u, sel), want)
+
+
+def test_prg_fill_is_the_same_stream_as_random_bytes():
+    a, b = PRG(b"f" * 16), PRG(b"f" * 16)
+    for size in (1, 100, 3 * 65536 + 7):  # odd sizes, and larger than the first zero buffer
+        buf = np.empty(size, np.uint8)
+        a.fill(buf)
+        assert buf.tobytes() == b.random_bytes(size)
+    words = np.empty((3, 5), np.uint64)
+    a.fill(words[1])  # a row of a larger array
+    assert words[1].tobytes() == b.random_bytes(40)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        a.fill(words[:, 0])  # a column: filling a copy would be silently lost
 
 
 def test_transpose_bit_convention():

@@ -58,6 +58,7 @@ import hashlib
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from secmoe.crypto import kernels
 from secmoe.crypto.aes_hash import tccr
 from secmoe.crypto.prg import PRG
 from secmoe.net import Channel, ProtocolError
@@ -150,11 +151,7 @@ def step_expand(
         for s in range(0, m, step):
             e = min(s + step, m)
             enc.update_into(xb[16 * s : 16 * e], ob[16 * (base + s) : 16 * (base + e) + 15])
-            o = out[base + s : base + e]
-            np.bitwise_xor(o, x[s:e], out=o)
-            sums[side] ^= np.bitwise_xor.reduce(o.reshape(-1, t, 2), axis=0)
-            if clear_lsb:
-                o[:, 0] &= _LSB_CLEAR
+            kernels.ggm_children(out[base + s : base + e], x[s:e], t, sums[side], clear_lsb)
     return sums[0], sums[1]
 
 

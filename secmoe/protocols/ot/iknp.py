@@ -32,8 +32,10 @@ Cost per run of n COTs (chunks of c OTs): receiver → sender Σ_chunks (128·�
 chosen-message OT 2·k·ℓ bits per OT, additive COT k·ℓ bits per OT; random OT adds nothing.
 Base OTs (setup): see :mod:`secmoe.protocols.ot.base`.
 
-Each party's work per chunk (AES-CTR column expansion, xor, transpose) runs in a worker thread
-(numpy releases the GIL), so in local mode the two parties overlap.
+Each party's work per chunk (AES-CTR column expansion into place, xor, transpose: the sender's
+Step 3 fused with its transpose in one compiled pass, :func:`secmoe.crypto.kernels.transpose_xor`)
+runs in a worker thread (OpenSSL, numpy and the kernel release the GIL), so in local mode the
+two parties overlap. The receiver's u goes to the channel from its own buffer (no copy).
 
 Both parties of a session hold two instances (SCI's straight and reversed): one in which the
 client is the COT sender and one in which the server is. Forks derive fresh seeds from the base
@@ -56,6 +58,7 @@ from secmoe.crypto.bitmatrix import (
     pack_fields,
     packed_size,
     transpose,
+    transpose_masked,
     unpack_bits,
     unpack_fields,
     words_to_bits,
@@ -95,7 +98,7 @@ def _expand(prgs: list[PRG], words: int) -> np.ndarray:
     """G(k_i) for every column i: ``(128, words)`` uint64 (the next 64·words bits)."""
     g = np.empty((len(prgs), words), dtype=np.uint64)
     for i, prg in enumerate(prgs):
-        g[i] = np.frombuffer(prg.random_bytes(8 * words), dtype=np.uint64)
+        prg.fill(g[i])
     return g
 
 
@@ -130,10 +133,8 @@ def step_receiver(
 
 
 def step_sender(g: np.ndarray, u: np.ndarray, s_mask: np.ndarray) -> np.ndarray:
-    """Step 3: q^i = G(k_i^{s_i}) ⊕ s_i·u^i per column; returns the rows q_j."""
-    u &= s_mask[:, None]
-    u ^= g
-    return transpose(u)
+    """Step 3: q^i = G(k_i^{s_i}) ⊕ s_i·u^i per column; returns the rows q_j (one pass)."""
+    return transpose_masked(g, u, s_mask)
 
 
 class IknpSender:
@@ -193,8 +194,9 @@ class IknpSender:
             raw = await ch.recv(tag=TAG_U)
             if not isinstance(raw, bytes) or len(raw) != KAPPA * nb:
                 raise ProtocolError(f"IKNP u: expected {KAPPA * nb} bytes for {c} OTs")
-            u = np.zeros((KAPPA, 8 * words), dtype=np.uint8)
-            u[:, :nb] = np.frombuffer(raw, dtype=np.uint8).reshape(KAPPA, nb)
+            u = np.frombuffer(raw, dtype=np.uint8).reshape(KAPPA, nb)
+            if nb != 8 * words:  # pad the rows to whole words (read-only: no copy otherwise)
+                u = np.concatenate([u, np.zeros((KAPPA, 8 * words - nb), np.uint8)], axis=1)
 
             def work(u: np.ndarray = u, words: int = words) -> np.ndarray:
                 # Step 3: q^i = G(k_i^{s_i}) ⊕ s_i·u^i, then rows.
@@ -242,11 +244,13 @@ class IknpReceiver:
     async def _extend(self, ch: Channel, r_words: np.ndarray, c: int) -> np.ndarray:
         words, nb = r_words.size, -(-c // 8)
 
-        def work() -> tuple[bytes, np.ndarray]:
+        def work() -> tuple[bytes | memoryview, np.ndarray]:
             # Step 2: t^i = G(k_i^0), u^i = t^i ⊕ G(k_i^1) ⊕ r; t's rows are the outputs.
             g0, g1 = _expand(self._prgs0, words), _expand(self._prgs1, words)
             u, t = step_receiver(g0, g1, r_words)
-            return u.view(np.uint8)[:, :nb].tobytes(), t
+            ub = u.view(np.uint8)
+            # Whole words: u's own buffer is the message (the codec packs it as bytes).
+            return (memoryview(ub.reshape(-1)) if nb == ub.shape[1] else ub[:, :nb].tobytes()), t
 
         u, t = await asyncio.to_thread(work)
         await ch.send(u, tag=TAG_U)
@@ -270,8 +274,10 @@ class IknpReceiver:
         """Yield ``(index0, r, t)`` per chunk for uniformly random choice bits r."""
         for c in chunk_sizes(n, align):
             r_words = self.prg.uint64(-(-c // 64))
+            if c % 64:  # the bits past c are not choices: zero, as bits_to_words pads
+                r_words[-1] &= np.uint64((1 << (c % 64)) - 1)
             r = words_to_bits(r_words, c)
-            t = await self._extend(ch, bits_to_words(r, r_words.size), c)
+            t = await self._extend(ch, r_words, c)
             index0, self.position = self.position, self.position + c
             yield index0, r, t
 

@@ -76,7 +76,9 @@ load 4–9 on the shared machine: their times are not comparable with the other 
 Silent sends 3–23× fewer bytes per operation; its setup costs 2.94 MB more (and ~0.3 s), which
 IKNP's 16 B per COT repays after ≈ 9.2·10^4 COTs per direction (≈ 1.8·10^5 if one direction
 only): ~1,900 ReLUs, ~1,500 64-bit products or ~260 argmax rows. Its Ferret compute (GGM
-expansion, LPN encoding, in numpy) costs ~2× IKNP's per COT, so with both parties sharing 2
+expansion, LPN encoding) costs ~2.5× IKNP's CPU per COT (10^7 COTs, both parties, compiled
+kernels of :mod:`secmoe.crypto.kernels` on either side since issue 18: 1.4–2.1 s against
+0.63–1.1 s at load 17–19, each ~1.7–2× less CPU than before), so with both parties sharing 2
 cores a large COT-heavy operation runs up to 2× slower before the network is counted (IKNP's
 extra bytes cost more than that below ~0.4–0.6 Gbit/s for ReLU and products at 2^16). Small
 operations are the other way round: a silent fork is free and a small draw is served from rows
@@ -99,6 +101,7 @@ from typing import Any
 
 import numpy as np
 
+from secmoe.crypto import kernels
 from secmoe.crypto.prg import PRG
 from secmoe.net import Channel
 from secmoe.protocols.ot import base, ferret, iknp, kkot, silent
@@ -136,7 +139,8 @@ class OTPool:
         phase: str | None = "setup",
     ) -> OTPool:
         """Set up both COT instances concurrently (on two forks of ``ch``): IKNP's base OTs,
-        or Ferret's (base OTs, IKNP bootstrap, the whole ``pre`` iteration).
+        or Ferret's (base OTs, IKNP bootstrap, the whole ``pre`` iteration); first, the OT
+        kernels are loaded (:func:`secmoe.crypto.kernels.warm`).
 
         Args:
             ch: this party's channel; the pool's operations run on it.
@@ -152,6 +156,7 @@ class OTPool:
         send_prg, recv_prg = prg.derive(send_label), prg.derive(recv_label)
         ctx = ch.phase(phase) if phase is not None else contextlib.nullcontext()
         with ctx:
+            await asyncio.to_thread(kernels.warm)  # no timed operation loads the kernels
             sender, receiver = await asyncio.gather(
                 sender_cls.setup(ch.fork(send_label), send_prg, send_label),
                 receiver_cls.setup(ch.fork(recv_label), recv_prg, recv_label),
