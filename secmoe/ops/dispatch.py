@@ -12,8 +12,9 @@ From the secret routing one-hots O (A × E), one row per assignment a = (t, j) i
 2. H[a, c] = 1{pos_a = c} for c < C (equality on 16 bits, then B2A); a token whose position is
    ≥ C gets an all-zero row: it is dropped, and the residual carries it (Switch semantics);
 3. D[a, e, c] = O[a, e] ∧ H[a, c] (Boolean AND, then B2A): the secret dispatch tensor;
-4. buckets X_b = Dᵀ·X (secret × secret, exact: D is 0/1), each expert's FFN on its own bucket
-   of exactly C rows with the server's weights, and the combine Y = D·Y_b.
+4. buckets X_b = Dᵀ·X (secret × secret, exact: D is 0/1, so MUXes or HE, whichever is
+   cheaper: :func:`~secmoe.ops.linear.matmul_01`), each expert's FFN on its own bucket of
+   exactly C rows with the server's weights, and the combine Y = D·Y_b.
 
 Public: T, k, E, C and the FFN kind. Nothing else leaks: the message pattern, the sizes and
 the server's work are the same for every routing and every bucket load, overflow included.
@@ -33,7 +34,7 @@ import numpy as np
 from ..protocols.boolean import and_, b2a, bits_of_01, mux, not_
 from ..protocols.compare import equal, greater_than_public
 from ..protocols.party import Party
-from .linear import matmul
+from .linear import matmul_01
 
 #: Positions are below T·k ≤ 2^15, so equality on 16 bits is sound.
 POSITION_BITS = 16
@@ -102,11 +103,11 @@ async def gather_buckets(p: Party, d: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Shares of the buckets X_b (…, E, C, d_model) = Dᵀ·X for D (…, A, E, C), X (…, A, d)."""
     *lead, a, n_e, cap = d.shape
     flat = np.swapaxes(d.reshape(*lead, a, n_e * cap), -1, -2)  # (…, E·C, A)
-    return (await matmul(p, flat, x, truncate=False)).reshape(*lead, n_e, cap, -1)
+    return (await matmul_01(p, flat, x)).reshape(*lead, n_e, cap, -1)
 
 
 async def scatter_outputs(p: Party, d: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Shares of each assignment's output (…, A, d_model) = D·Y_b for Y_b (…, E, C, d)."""
     *lead, a, n_e, cap = d.shape
     flat_y = y.reshape(*lead, n_e * cap, -1)
-    return await matmul(p, d.reshape(*lead, a, n_e * cap), flat_y, truncate=False)
+    return await matmul_01(p, d.reshape(*lead, a, n_e * cap), flat_y)

@@ -8,7 +8,9 @@
   client's X is encrypted once): attention's q, k and v.
 - :func:`linear_batched`: M products X_m·W_m with their own inputs, concurrently.
 - :func:`matmul`: shares of A·B for shared A (…, m, k) and B (…, k, n) (attention's QKᵀ and
-  PV, MoE combination), by the two HE cross products of :mod:`secmoe.protocols.he_secret`.
+  PV), by the two HE cross products of :mod:`secmoe.protocols.he_secret`.
+- :func:`matmul_01`: the same when A's entries are 0 or 1 (MoE one-hots, dispatch tensors):
+  exact, by MUXes or by :func:`matmul`, whichever declares fewer bytes for the shapes.
 - :func:`select_linear`: shares of x_t·W_{r_t} for each token t, where r_t is given by a
   secret one-hot and the server holds every expert's W: the paper's encrypted selection
   (:mod:`secmoe.protocols.he_select`); bytes do not grow with E, the server's work does.
@@ -33,6 +35,7 @@ import numpy as np
 from ..crypto.he import FloodBudget
 from ..crypto.he_params import FLOOD_UNION_BITS, HE_8K, HE_16K, HEParams
 from ..protocols import arith
+from ..protocols.boolean import bits_of_01, cost_mux, mux
 from ..protocols.he_linear import (
     EncodedWeights,
     encode_weights,
@@ -43,6 +46,7 @@ from ..protocols.he_linear import (
 from ..protocols.he_secret import (
     plan_secret_matmul,
     secret_matmul_client,
+    secret_matmul_cost,
     secret_matmul_server,
 )
 from ..protocols.he_select import (
@@ -244,6 +248,38 @@ async def matmul(p: Party, a: np.ndarray, b: np.ndarray, *, truncate: bool = Tru
         y = await secret_matmul_server(f.ch, st.server(HE_16K), a3, b3, plan, f.prg, ring=p.ring)
     y = y.reshape(*lead, m, n)
     return await arith.trunc(p.fork("trunc"), y) if truncate else y
+
+
+def matmul_01_uses_mux(p: Party, a_shape: tuple[int, ...], n: int) -> bool:
+    """Whether :func:`matmul_01` of A (…, m, k) by B (…, k, n) takes the MUX protocol: its
+    declared bytes are at most the HE product's (both parties decide alike: public shapes)."""
+    *lead, m, k = a_shape
+    heads = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    plan = plan_secret_matmul(m, k, n, heads, HE_16K, union_bits=_state(p).union_bits)
+    he = secret_matmul_cost(plan)
+    muxes = cost_mux(p.ot, heads * m * k * n, p.ring.bits)
+    return muxes.bytes_total <= he["bytes_c2s"] + he["bytes_s2c"]
+
+
+async def matmul_01(p: Party, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Shares of A·B (batched over leading axes) for shared A (…, m, k) whose entries are 0 or
+    1 and shared B (…, k, n), exactly (no truncation).
+
+    Two protocols, chosen by :func:`matmul_01_uses_mux` from the public shapes: m·k·n MUXes
+    A[i, l]·B[l, j] summed over l (:func:`secmoe.protocols.boolean.mux`, 2 COTs each; the
+    Boolean shares of a 0/1 value are its shares' low bits, free) — far fewer bytes for the
+    small one-hot products of MoE routing (k = E entries, few tokens) —, or :func:`matmul`'s
+    HE product, whose bytes grow with the ciphertexts rather than with m·k·n.
+    """
+    if b.shape[:-2] != a.shape[:-2] or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul shapes {a.shape} · {b.shape} do not match")
+    if not matmul_01_uses_mux(p, a.shape, b.shape[-1]):
+        return await matmul(p, a, b, truncate=False)
+    shape = (*a.shape, b.shape[-1])  # (…, m, k, n)
+    bits = np.broadcast_to(bits_of_01(a)[..., None], shape)
+    vals = np.broadcast_to(np.asarray(b, np.uint64)[..., None, :, :], shape)
+    prod = await mux(p.fork("mux"), bits, vals)
+    return p.ring.reduce(prod.sum(axis=-2, dtype=np.uint64))
 
 
 #: One-hot entries (tokens × experts) per selection call. The server expands each into its own

@@ -30,8 +30,9 @@ Strategies (the expert outputs y (T, k, d) = FFN_{e(t, j)}(x_t)):
   on them (:func:`secmoe.ops.linear.select_linear`). Communication does not grow with E;
   the server's HE work does (it touches every expert's weights for every token).
 - ``all`` — every expert on every token with plaintext-weight HE linears, then the one-hot
-  combination y = O·Y_all (secret × secret): the naive secure baseline (how Iron/BumbleBee
-  would run an MoE).
+  combination y = O·Y_all (secret × secret, exact: T·k·E·d MUXes or an HE product, whichever
+  declares fewer bytes, :func:`secmoe.ops.linear.matmul_01`): the naive secure baseline (how
+  Iron/BumbleBee would run an MoE).
 - ``dispatch`` — secmoe's oblivious capacity dispatch (:mod:`secmoe.ops.dispatch`): tokens
   go into per-expert buckets of a public capacity C per sequence, every bucket is computed
   full, and the server's work is E·C rows whatever E is. Tokens beyond an expert's capacity
@@ -71,7 +72,7 @@ from ..protocols.select import topk
 from ..protocols.shares import reveal
 from .activations import activation
 from .dispatch import dispatch_tensor, gather_buckets, kept, scatter_outputs
-from .linear import linear, linear_batched, matmul, select_linear
+from .linear import linear, linear_batched, matmul_01, select_linear
 from .softmax import softmax
 
 STRATEGIES = ("select", "all", "dispatch", "reveal")
@@ -230,7 +231,7 @@ async def _experts_all(
     xs = np.broadcast_to(x, (n_e, *x.shape))
     y_all = await _ffn_batched(p.fork("ffn"), xs, w, spec, list(range(n_e)))  # (E, T, d)
     # y[t, j] = Σ_e O[t, j, e]·Y[e, t]: a (k × E)·(E × d) product per token.
-    return await matmul(p.fork("combine"), hots, y_all.transpose(1, 0, 2), truncate=False)
+    return await matmul_01(p.fork("combine"), hots, y_all.transpose(1, 0, 2))
 
 
 async def _experts_dispatch(
