@@ -83,6 +83,11 @@ def _make(name: str) -> BenchOp:
         p.add_argument("--bits", type=int, default=32, help="comparison width (input range)")
         p.add_argument("--var-range", default="-6,8", help="norms: log2 range of the variance")
         p.add_argument(
+            "--folded",
+            action="store_true",
+            help="norms: γ folded into the next linear layer (secmoe.model.fold): no γ product",
+        )
+        p.add_argument(
             "--source", choices=sorted(SOURCES), default=DEFAULT_SOURCE, help="the COT source"
         )
 
@@ -100,6 +105,7 @@ def _make(name: str) -> BenchOp:
             "bits": args.bits,
             "var_range": [lo, hi],
             "source": args.source,
+            "folded": args.folded,
         }
 
     async def setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +122,8 @@ def _make(name: str) -> BenchOp:
         weights = None
         if p.role == "server" and name in ("layernorm", "rmsnorm"):
             d = shape[-1]
-            weights = (0.5 + _uniform(p.prg, (d,)), 0.1 * _normal(p.prg, (d,)))
+            gamma = np.ones(d) if pr["folded"] else 0.5 + _uniform(p.prg, (d,))
+            weights = (gamma, 0.1 * _normal(p.prg, (d,)))
         x = await share(p.fork("in"), plain, "client", shape)
         return {"p": p, "plain": plain, "x": x, "weights": weights, "params": pr}
 
@@ -132,13 +139,12 @@ def _make(name: str) -> BenchOp:
             return await piecewise.evaluate(p, approx.SILU, x, method, bits, select)
         if name == "softmax":
             return await softmax.softmax(p, x, None, bits)
-        w = st["weights"]
+        w, g = st["weights"], not pr["folded"]
         lo, hi = pr["var_range"]
+        gamma = w[0] if w and g else None
         if name == "layernorm":
-            return await norm.layernorm(
-                p, x, w and w[0], w and w[1], 1e-5, (lo, hi), x_bits=norm.DEFAULT_X_BITS
-            )
-        return await norm.rmsnorm(p, x, w and w[0], 1e-5, (lo, hi))
+            return await norm.layernorm(p, x, gamma, w and w[1], 1e-5, (lo, hi), weighted=g)
+        return await norm.rmsnorm(p, x, gamma, 1e-5, (lo, hi), weighted=g)
 
     async def check(
         ch: Channel, args: argparse.Namespace, st: dict[str, Any], out: np.ndarray

@@ -104,6 +104,9 @@ class ModelConfig:
     #: rsqrt range [2^lo, 2^hi] of the norms' mean square (+eps), used by the fixed-point and
     #: secure norms; measured on the bundled model, a generous default elsewhere.
     norm_range: tuple[int, int] = (-8, 12)
+    #: the server folded the pre-linear norms' γ into the following weights
+    #: (:func:`secmoe.model.fold.fold_norms`): those norms run without γ on shares
+    norms_folded: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "moe_layers", tuple(int(i) for i in self.moe_layers))
@@ -207,7 +210,7 @@ class ModelConfig:
             "sliding_window",
             "a sliding window needs causal attention",
         )
-        for fld in ("tie_word_embeddings", "norm_topk_prob", "qk_norm"):
+        for fld in ("tie_word_embeddings", "norm_topk_prob", "qk_norm", "norms_folded"):
             v = getattr(self, fld)
             need(isinstance(v, bool), fld, f"must be a bool, got {v!r}")
         need(

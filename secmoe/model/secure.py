@@ -55,6 +55,7 @@ from ..protocols.party import Party
 from ..protocols.shares import mul_public, reveal, share
 from .backend import swap_halves
 from .config import ModelConfig
+from .fold import norm_weighted
 from .reference import attention_mask, relative_position_buckets, rope_tables
 from .weights import FFN, Attention, ModelWeights, MoE, Norm
 
@@ -130,6 +131,7 @@ SECURE_SUPPORT: dict[str, str] = {
     "qk_norm": "per-head RMSNorm of q and k on shares before RoPE",
     "dense_d_ff": "the dense FFN's hidden size",
     "norm_range": "the rsqrt range of every norm on shares",
+    "norms_folded": "the folded norms run without the γ product (model.fold.norm_weighted)",
 }
 
 
@@ -176,12 +178,15 @@ def add_server_const(p: Party, x: np.ndarray, c: np.ndarray | None) -> np.ndarra
     return p.ring.reduce(x + p.ring.encode(np.broadcast_to(c, x.shape)))
 
 
-async def _norm(p: Party, x: np.ndarray, n: Norm | None, cfg: ModelConfig) -> np.ndarray:
-    weight = None if n is None else n.weight
+async def _norm(
+    p: Party, x: np.ndarray, n: Norm | None, cfg: ModelConfig, which: str
+) -> np.ndarray:
+    g = norm_weighted(cfg, which)  # False: γ folded into the next layer (public)
+    weight = None if n is None or not g else n.weight
     if cfg.norm == "layernorm":
         bias = None if n is None else n.bias
-        return await layernorm(p, x, weight, bias, cfg.norm_eps, cfg.norm_range)
-    return await rmsnorm(p, x, weight, cfg.norm_eps, cfg.norm_range)
+        return await layernorm(p, x, weight, bias, cfg.norm_eps, cfg.norm_range, weighted=g)
+    return await rmsnorm(p, x, weight, cfg.norm_eps, cfg.norm_range, weighted=g)
 
 
 async def _rope(p: Party, x: np.ndarray, tables: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -334,10 +339,10 @@ async def secure_forward(
     for i in range(cfg.n_layers):
         layer = w.layers[i] if w is not None else None
         f = p.fork(f"layer{i}")
-        a = await _norm(f.fork("attn_norm"), h, layer and layer.attn_norm, cfg)
+        a = await _norm(f.fork("attn_norm"), h, layer and layer.attn_norm, cfg, "attn")
         att = await _attention(f.fork("attn"), a, layer and layer.attn, cfg, bias, mask, rope)
         h = p.ring.reduce(h + att)
-        g = await _norm(f.fork("ffn_norm"), h, layer and layer.ffn_norm, cfg)
+        g = await _norm(f.fork("ffn_norm"), h, layer and layer.ffn_norm, cfg, "ffn")
         g = g.reshape(b * t, cfg.d_model)
         if cfg.is_moe(i):
             y = await moe(
@@ -353,7 +358,7 @@ async def secure_forward(
         h = p.ring.reduce(h + y.reshape(b, t, cfg.d_model))
         if progress is not None:
             progress(f"layer {i + 1}/{cfg.n_layers} done")
-    h = await _norm(p.fork("final_norm"), h, w and w.final_norm, cfg)
+    h = await _norm(p.fork("final_norm"), h, w and w.final_norm, cfg, "final")
     if cfg.head == "classifier":
         pooled = await arith.div_public(p.fork("mean"), p.ring.reduce(h.sum(axis=1)), t)
         h = await linear(p.fork("head"), pooled, w and w.head, cfg.out_dim)

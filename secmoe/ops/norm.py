@@ -10,19 +10,32 @@ Flow (LayerNorm; RMSNorm skips the centring)::
 
     Step 1  μ = ⌊Σx / d⌋ (:func:`arith.div_public`, one COT per row); c = x − μ
     Step 2  Σc² with c's narrow shares (:func:`.piecewise.square_narrow`: |c| < 2^(x_bits−2−f),
-            x_bits + 2 COTs per element instead of ℓ); trunc; ⌊· / d⌋; v = var + ε
+            x_bits + 2 COTs per element instead of ℓ); var = ⌊Σc² / (2^f·d)⌋ (one division
+            per row: the spec's ⌊⌊Σc²/2^f⌋/d⌋); v = var + ε
     Step 3  y = rsqrt(v): the octave guess by STC on [2^lo, 2^hi], two Newton steps
             y ← y(3 − v·y²)/2 (row-level, cheap)
     Step 4  z = trunc(c·y): y is one narrow value per row (:func:`.piecewise.mul_narrow`)
-    Step 5  out = trunc(γ ⊙ z) + β: :func:`mul_server_weight`, then the server adds β
+    Step 5  out = trunc(γ ⊙ z) + β: :func:`mul_server_weight`, then the server adds β; with
+            ``weighted=False`` (γ folded into the next linear layer by the server,
+            :mod:`secmoe.model.fold`) out = z + β: no product, no truncation
+
+**Fewer bits on the wire.** Each product is followed by a truncation, so it is computed on
+the smallest ring its value fits and with its low bits skipped: Σc² mod 2^(:func:`sq_bits`)
+(Σc² < d·2^(hi+1+2f) by the rsqrt's range), c·y mod 2^(:func:`cy_bits`) (|c·y| ≤ √d·2^(2f):
+|c_j| ≤ √(d·mean c²) and y ≤ 1/√v), z·γ mod 2^(:func:`w_ring_bits`); each COT value and
+local term floored by 2^s first (``drop``, :func:`safe_drop`: at most one more ulp after the
+truncation); the square's COT values also without their known low zero bits (per-OT widths).
+:func:`trunc_from` then truncates and returns to ℓ bits in one COT (:func:`lift`: shares
+mod 2^b times 2^(ℓ−b) are shares mod 2^ℓ). Measured at 8 × 768 (Switch-Base, T = 8, silent
+OT): 5.48 MB → 3.18 MB with γ, 2.46 MB without (Σc² 1.07 MB, c·y 1.28 MB; γ·z 0.66 MB).
 
 **γ ⊙ z with a server-private γ** (:func:`mul_server_weight`): γ·z = γ·z_s + γ·z_c. The server
 computes γ·z_s itself. For γ·z_c it is the COT *receiver*, choosing with the w bits of each γ_j
 (two's complement, |γ_j·2^f| < 2^(w−1)); the client sends, per bit i and column j, the
 correlation 2^i·z_c[:, j] (−2^(w−1)·z_c for the sign bit) for all rows at once. So the server
 gets X + γ_j,i·2^i·z_c and the client keeps −X: w COTs per column whatever the number of rows,
-each carrying one ℓ-bit value per row. The alternative (the server as sender of γ·2^i, the
-client choosing with the ℓ bits of its share) costs ℓ COTs per *element*: measured at 128 × 768,
+each carrying one value per row. The alternative (the server as sender of γ·2^i, the client
+choosing with the ℓ bits of its share) costs ℓ COTs per *element*: measured at 128 × 768,
 w = 24: 0.20 KB per element instead of 1.5 KB. The weight width w is public (both parties must
 agree on the COT count): a public bound on the weights' magnitude, not their values.
 
@@ -44,6 +57,7 @@ from ..protocols.party import Party
 from . import approx
 from .piecewise import (
     acot_cost,
+    dropped,
     mul_narrow,
     mul_narrow_cost,
     square_narrow,
@@ -70,29 +84,74 @@ def rsqrt_bits(hi: int, ring: Ring) -> int:
     return ring.frac_bits + hi + 2
 
 
+def _half_log2(d: int) -> int:
+    """h = ⌈log2(d) / 2⌉: √d ≤ 2^h bounds |z| = |c|·y for a row of d values."""
+    return ((d - 1).bit_length() + 1) // 2
+
+
+def sq_bits(d: int, hi: int, ring: Ring, x_bits: int = DEFAULT_X_BITS) -> int:
+    """Ring width of the row sums Σc²: Σc² < d·2^(hi+1)·2^(2f) (v < 2^(hi+1), as the rsqrt's
+    comparisons need) is below 2^(bits−3); at least ``x_bits`` (the narrow shares' width)."""
+    need = 2 * ring.frac_bits + hi + 1 + (d - 1).bit_length() + 3
+    return min(ring.bits, max(x_bits, need))
+
+
+def cy_bits(d: int, ring: Ring) -> int:
+    """Ring width of c·y: |c_j|·y ≤ √d·(1 + 2^−10) (y ≤ 1/√v and v ≥ mean(c²) − 2 ulps), so
+    |c·y| < 2^(2f+h+1) ≤ 2^(bits−2) with h = ⌈log2(d)/2⌉."""
+    return min(ring.bits, 2 * ring.frac_bits + _half_log2(d) + 3)
+
+
+def w_ring_bits(d: int, ring: Ring, w_bits: int = DEFAULT_W_BITS) -> int:
+    """Ring width of z·γ: |z| < 2^(f+h+1), |enc(γ)| < 2^(w_bits−1), so |z·γ| < 2^(bits−2)."""
+    return min(ring.bits, ring.frac_bits + _half_log2(d) + w_bits + 2)
+
+
+def lift(x: np.ndarray, bits: int, ring: Ring) -> np.ndarray:
+    """Shares mod 2^ℓ of x·2^(ℓ−bits) from shares mod 2^bits of x (local: the shares' wrap,
+    a multiple of 2^bits, becomes a multiple of 2^ℓ)."""
+    return ring.reduce(np.asarray(x, np.uint64) << np.uint64(ring.bits - bits))
+
+
+async def trunc_from(p: Party, x: np.ndarray, bits: int, shift: int) -> np.ndarray:
+    """Shares mod 2^ℓ of ⌊x / 2^shift⌋ (or one less) from shares mod 2^bits of x, for
+    |x| < 2^(bits−2) − 2^shift: :func:`arith.trunc` of :func:`lift` (one COT per element, as a
+    truncation on the full ring). Computing a product on the smaller ring 2^bits first sends
+    bits instead of ℓ per COT value."""
+    return await arith.trunc(p, lift(x, bits, p.ring), p.ring.bits - bits + shift)
+
+
 # --------------------------------------------------------------------------------------------
 # γ ⊙ z for a server-private γ
 # --------------------------------------------------------------------------------------------
 
 
 async def mul_server_weight(
-    p: Party, z: np.ndarray, weight: np.ndarray | None, w_bits: int = DEFAULT_W_BITS
+    p: Party,
+    z: np.ndarray,
+    weight: np.ndarray | None,
+    w_bits: int = DEFAULT_W_BITS,
+    drop: int = 0,
 ) -> np.ndarray:
-    """Shares of z·enc(γ) mod 2^ℓ (no truncation) for shared z (…, d) and the server's γ (d,).
+    """Shares of z·enc(γ) mod 2^ℓ (no truncation) for shared z (…, d) and the server's γ (d,);
+    with ``drop`` = s, shares mod 2^(ℓ−s) of ⌊z·enc(γ) / 2^s⌋ − e, 0 ≤ e ≤ w_bits (each COT
+    value and the server's local term floored first, as :func:`.piecewise.mul_narrow`).
 
     Args:
         p: this party (the pool's client→server COT direction).
         z: arithmetic shares (…, d).
         weight: the server's float γ (d,); ``None`` on the client.
         w_bits: public width: |round(γ·2^f)| < 2^(w_bits−1).
+        drop: public; the low bits not computed.
 
     Raises:
         ValueError: on the server, if γ does not fit in ``w_bits``.
 
-    Message flow: one COT batch, client → server: d·w COTs, each with one ℓ-bit value per row.
-    Cost: :func:`mul_server_weight_cost`.
+    Message flow: one COT batch, client → server: d·w COTs, each with one (ℓ − s)-bit value
+    per row. Cost: :func:`mul_server_weight_cost`.
     """
     ring = p.ring
+    out = ring.with_bits(ring.bits - drop)
     z = np.asarray(z, dtype=np.uint64)
     d = z.shape[-1]
     zr = z.reshape(-1, d)  # (R, d)
@@ -100,15 +159,15 @@ async def mul_server_weight(
     if p.role == CLIENT:
         signed = [1 << i for i in range(w_bits - 1)] + [-(1 << (w_bits - 1))]  # two's complement
         scale = ring.from_signed(np.array(signed, dtype=np.int64))
-        corr = zr.T[:, None, :] * scale[None, :, None]  # (d, w, R)
-        pads = await p.ot.acot_send(corr.reshape(d * w_bits, rows), ring.bits)
+        corr = dropped(ring, zr.T[:, None, :] * scale[None, :, None], drop)  # (d, w, R)
+        pads = await p.ot.acot_send(corr.reshape(d * w_bits, rows), out.bits)
         cross = np.uint64(0) - pads.reshape(d, w_bits, rows).sum(1)
-        return ring.reduce(cross.T).reshape(z.shape)
+        return out.reduce(cross.T).reshape(z.shape)
     g = _encode_weight(weight, d, w_bits, ring)
     bits = arith.step_bits(g.astype(np.uint64), w_bits)  # (d, w), two's complement
-    got = await p.ot.acot_recv(bits.reshape(-1), ring.bits, rows)
+    got = await p.ot.acot_recv(bits.reshape(-1), out.bits, rows)
     cross = got.reshape(d, w_bits, rows).sum(1).T
-    return ring.reduce(cross + zr * ring.from_signed(g)).reshape(z.shape)
+    return out.reduce(cross + dropped(ring, zr * ring.from_signed(g), drop)).reshape(z.shape)
 
 
 def _encode_weight(weight: np.ndarray | None, d: int, w_bits: int, ring: Ring) -> np.ndarray:
@@ -123,10 +182,17 @@ def _encode_weight(weight: np.ndarray | None, d: int, w_bits: int, ring: Ring) -
 
 
 def mul_server_weight_cost(
-    pool: OTPool, rows: int, d: int, ring: Ring, w_bits: int = DEFAULT_W_BITS
+    pool: OTPool, rows: int, d: int, ring: Ring, w_bits: int = DEFAULT_W_BITS, drop: int = 0
 ) -> Cost:
     """Declared cost of :func:`mul_server_weight` on ``rows`` rows of d."""
-    return acot_cost(pool, CLIENT, d * w_bits, ring, rows)
+    return acot_cost(pool, CLIENT, d * w_bits, ring.with_bits(ring.bits - drop), rows)
+
+
+def safe_drop(ring: Ring, terms: int) -> int:
+    """The low bits s a product that is truncated by f next may skip when ``terms`` terms are
+    floored (an error e < terms units of 2^s): the largest s with terms·2^s ≤ 2^f, so the
+    truncated result loses at most one more ulp."""
+    return max(0, ring.frac_bits - (terms - 1).bit_length())
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,19 +242,40 @@ async def _normalize(
     n_iter: int,
     x_bits: int,
     w_bits: int,
+    weighted: bool,
 ) -> np.ndarray:
-    """Steps 2–5 on the (centred) values c: trunc(trunc(c·rsqrt(⌊trunc(Σc²)/d⌋ + ε))·γ)."""
+    """Steps 2–5 on the (centred) values c: trunc(trunc(c·rsqrt(⌊Σc² / (2^f·d)⌋ + ε))·γ)."""
     ring = p.ring
     d = c.shape[-1]
-    sq = await square_narrow(p.fork("sq"), c, x_bits)
-    ss = await arith.trunc(p.fork("sst"), ring.reduce(sq.sum(axis=-1, keepdims=True)))
-    var = await arith.div_public(p.fork("var"), ss, d)
+    if not weighted and weight is not None:
+        raise ValueError("an unweighted norm (γ folded into the next layer) takes no weight")
+    sb, ds = sq_bits(d, var_range[1], ring, x_bits), _sq_drop(ring, x_bits)
+    sq = await square_narrow(p.fork("sq").with_ring(ring.with_bits(sb)), c, x_bits, ds)
+    ss = lift(sq.sum(axis=-1, keepdims=True), sb - ds, ring)  # ⌊Σc²/2^ds⌋·2^(ℓ−sb+ds)
+    var = await arith.div_public(p.fork("var"), ss, d << (ring.bits - sb + ring.frac_bits))
     v = ring.reduce(var + ring.encode(eps)) if p.role == CLIENT else var
     y = await rsqrt(p.fork("rsqrt"), v, *var_range, n_iter=n_iter)
-    cy = await mul_narrow(p.fork("cy"), c, y, y_bits(var_range[0], ring))
-    z = await arith.trunc(p.fork("zt"), cy)
-    zw = await mul_server_weight(p.fork("w"), z, weight, w_bits)
-    return await arith.trunc(p.fork("out"), zw)
+    cb, yb = cy_bits(d, ring), y_bits(var_range[0], ring)
+    dc = _cy_drop(ring, yb)
+    cy = await mul_narrow(p.fork("cy").with_ring(ring.with_bits(cb)), c, y, yb, dc)
+    z = await trunc_from(p.fork("zt"), cy, cb - dc, ring.frac_bits - dc)
+    if not weighted:
+        return z
+    wb, dw = w_ring_bits(d, ring, w_bits), safe_drop(ring, w_bits + 1)
+    q = p.fork("w").with_ring(ring.with_bits(wb))
+    zw = await mul_server_weight(q, z, weight, w_bits, dw)
+    return await trunc_from(p.fork("out"), zw, wb - dw, ring.frac_bits - dw)
+
+
+def _sq_drop(ring: Ring, x_bits: int) -> int:
+    """square_narrow's floored terms: e < k + 4 per element, so < (k + 4)·d·2^s in Σc², one
+    ulp of var = Σc² / (2^f·d) at most."""
+    return safe_drop(ring, x_bits + 4)
+
+
+def _cy_drop(ring: Ring, yb: int) -> int:
+    """mul_narrow's floored terms: e < 2k + 4."""
+    return safe_drop(ring, 2 * yb + 4)
 
 
 async def layernorm(
@@ -201,16 +288,19 @@ async def layernorm(
     n_iter: int = 2,
     x_bits: int = DEFAULT_X_BITS,
     w_bits: int = DEFAULT_W_BITS,
+    weighted: bool = True,
 ) -> np.ndarray:
     """Shares of ``approx.layernorm_fixed`` over the last axis (module docstring).
 
     Args:
-        p: this party (forks ``mean``, ``sq``, ``sst``, ``var``, ``rsqrt``, ``cy``, ``zt``,
-            ``w``, ``out``).
+        p: this party (forks ``mean``, ``sq``, ``var``, ``rsqrt``, ``cy``, ``zt``, ``w``,
+            ``out``).
         x: arithmetic shares of encoded x (…, d); range |x| < 2^(x_bits−3−f).
         weight, bias: the server's γ and β (d,) (β may be None); ``None`` on the client.
         eps: public ε; var_range: public (lo, hi) with mean(c²) + ε ∈ [2^lo, 2^hi].
         n_iter: Newton steps; x_bits, w_bits: public widths (module docstring).
+        weighted: public; ``False``: γ = 1 (folded into the next linear layer by the server,
+            :func:`secmoe.model.fold.fold_norms`), no γ product (weight must be ``None``).
 
     Cost: :func:`layernorm_cost`. Error: :func:`error_bound`.
     """
@@ -219,7 +309,7 @@ async def layernorm(
     d = x.shape[-1]
     mu = await arith.div_public(p.fork("mean"), ring.reduce(x.sum(axis=-1, keepdims=True)), d)
     c = ring.reduce(x - mu)
-    out = await _normalize(p, c, weight, eps, var_range, n_iter, x_bits, w_bits)
+    out = await _normalize(p, c, weight, eps, var_range, n_iter, x_bits, w_bits, weighted)
     if p.role != CLIENT and bias is not None:
         out = ring.reduce(out + ring.encode(np.broadcast_to(np.asarray(bias, np.float64), (d,))))
     return out
@@ -234,12 +324,13 @@ async def rmsnorm(
     n_iter: int = 2,
     x_bits: int = DEFAULT_X_BITS,
     w_bits: int = DEFAULT_W_BITS,
+    weighted: bool = True,
 ) -> np.ndarray:
     """Shares of ``approx.rmsnorm_fixed`` over the last axis (T5, Mixtral): as
     :func:`layernorm` without the centring and the bias; range |x| < 2^(x_bits−2−f)."""
     ring = p.ring
     x = ring.reduce(np.asarray(x, dtype=np.uint64))
-    return await _normalize(p, x, weight, eps, var_range, n_iter, x_bits, w_bits)
+    return await _normalize(p, x, weight, eps, var_range, n_iter, x_bits, w_bits, weighted)
 
 
 def norm_cost(
@@ -251,6 +342,7 @@ def norm_cost(
     n_iter: int = 2,
     x_bits: int = DEFAULT_X_BITS,
     w_bits: int = DEFAULT_W_BITS,
+    weighted: bool = True,
 ) -> Cost:
     """Declared cost of :func:`layernorm` (``centred``) or :func:`rmsnorm`."""
     d = shape[-1]
@@ -258,10 +350,15 @@ def norm_cost(
     n = rows * d
     row, elem = arith.cost_trunc(pool, rows, ring), arith.cost_trunc(pool, n, ring)
     c = row if centred else Cost()  # μ by div_public: one COT per row
-    c = c + square_narrow_cost(pool, n, ring, x_bits) + row + row  # Σc², trunc, ÷ d
-    c = c + rsqrt_cost(pool, rows, *var_range, ring, n_iter)
-    c = c + mul_narrow_cost(pool, rows, d, ring, y_bits(var_range[0], ring)) + elem
-    return c + mul_server_weight_cost(pool, rows, d, ring, w_bits) + elem
+    sq_ring = ring.with_bits(sq_bits(d, var_range[1], ring, x_bits))
+    c = c + square_narrow_cost(pool, n, sq_ring, x_bits, _sq_drop(ring, x_bits))
+    c = c + row + rsqrt_cost(pool, rows, *var_range, ring, n_iter)  # ÷ (2^f·d), rsqrt
+    cy_ring, yb = ring.with_bits(cy_bits(d, ring)), y_bits(var_range[0], ring)
+    c = c + mul_narrow_cost(pool, rows, d, cy_ring, yb, _cy_drop(ring, yb)) + elem
+    if not weighted:
+        return c
+    w_ring, dw = ring.with_bits(w_ring_bits(d, ring, w_bits)), safe_drop(ring, w_bits + 1)
+    return c + mul_server_weight_cost(pool, rows, d, w_ring, w_bits, dw) + elem
 
 
 def layernorm_cost(
@@ -281,16 +378,18 @@ def rmsnorm_cost(
 def error_bound(
     x: np.ndarray,
     ring: Ring,
-    weight: np.ndarray,
+    weight: np.ndarray | None,
     eps: float,
     var_range: tuple[int, int],
     centred: bool = True,
 ) -> np.ndarray:
     """Per element, a bound on |secure − spec| in ulps (first-order propagation).
 
-    Δμ ≤ 1 (div_public) so Δc ≤ 1; Δvar ≤ (Σ(2|c| + 1)/2^f + 2)/d + 2 (the truncation, the
-    division and their floors); Δy ≤ ½·v^(−3/2)·Δvar + :data:`RSQRT_SLACK`; then
-    Δz ≤ Δc·y + |c|·Δy + Δc·Δy/2^f + 2 and Δout ≤ Δz·|γ| + 2 (γ, y, c real).
+    Δμ ≤ 1 (div_public) so Δc ≤ 1; Δvar ≤ (Σ(2|c| + 1)/2^f + 2)/d + 3 (the division, the
+    spec's two floors and the squares' floored low bits, :func:`safe_drop`); Δy ≤
+    ½·v^(−3/2)·Δvar + :data:`RSQRT_SLACK`; then Δz ≤ Δc·y + |c|·Δy + Δc·Δy/2^f + 3 and
+    Δout ≤ Δz·|γ| + 3 (a truncation and a product's floored low bits each; γ, y, c real);
+    ``weight`` ``None`` (the unweighted norm): Δz.
     """
     f = ring.frac_bits
     xs = ring.to_signed(ring.reduce(np.asarray(x, dtype=np.uint64))).astype(np.float64)
@@ -298,44 +397,51 @@ def error_bound(
     c = xs - np.floor(xs.sum(-1, keepdims=True) / d) if centred else xs
     dc = 1.0 if centred else 0.0
     var = np.floor(np.floor((c * c).sum(-1, keepdims=True) / 2**f) / d) / 2**f + eps
-    dvar = ((2 * np.abs(c) * dc + dc).sum(-1, keepdims=True) / 2**f + 2) / d + 2
+    dvar = ((2 * np.abs(c) * dc + dc).sum(-1, keepdims=True) / 2**f + 2) / d + 3
     y = 1.0 / np.sqrt(np.maximum(var, 2.0 ** var_range[0]))
     dy = 0.5 * y**3 * dvar + RSQRT_SLACK
-    dz = dc * y + np.abs(c) / 2**f * dy + dc * dy / 2**f + 2
-    return np.ceil(dz * np.abs(np.asarray(weight, np.float64)) + 2)
+    dz = dc * y + np.abs(c) / 2**f * dy + dc * dy / 2**f + 3
+    if weight is None:
+        return np.ceil(dz)
+    return np.ceil(dz * np.abs(np.asarray(weight, np.float64)) + 3)
 
 
 def ideal_layernorm(
     x: np.ndarray,
     ring: Ring,
-    weight: np.ndarray,
+    weight: np.ndarray | None,
     bias: np.ndarray | None,
     eps: float,
     var_range: tuple[int, int],
     n_iter: int = 2,
 ) -> np.ndarray:
-    """The specification: :func:`approx.layernorm_fixed`."""
-    return approx.layernorm_fixed(ring.reduce(x), ring, weight, bias, eps, var_range, n_iter)
+    """The specification: :func:`approx.layernorm_fixed` (``weight`` ``None``: γ = 1, whose
+    product trunc(z·2^f) is z exactly: the unweighted norm)."""
+    w = 1.0 if weight is None else weight
+    return approx.layernorm_fixed(ring.reduce(x), ring, w, bias, eps, var_range, n_iter)
 
 
 def ideal_rmsnorm(
     x: np.ndarray,
     ring: Ring,
-    weight: np.ndarray,
+    weight: np.ndarray | None,
     eps: float,
     var_range: tuple[int, int],
     n_iter: int = 2,
 ) -> np.ndarray:
-    """The specification: :func:`approx.rmsnorm_fixed`."""
-    return approx.rmsnorm_fixed(ring.reduce(x), ring, weight, eps, var_range, n_iter)
+    """The specification: :func:`approx.rmsnorm_fixed` (``weight`` ``None``: γ = 1)."""
+    w = 1.0 if weight is None else weight
+    return approx.rmsnorm_fixed(ring.reduce(x), ring, w, eps, var_range, n_iter)
 
 
 __all__ = [
+    "cy_bits",
     "error_bound",
     "ideal_layernorm",
     "ideal_rmsnorm",
     "layernorm",
     "layernorm_cost",
+    "lift",
     "mul_server_weight",
     "mul_server_weight_cost",
     "norm_cost",
@@ -343,4 +449,8 @@ __all__ = [
     "rmsnorm_cost",
     "rsqrt",
     "rsqrt_cost",
+    "safe_drop",
+    "sq_bits",
+    "trunc_from",
+    "w_ring_bits",
 ]

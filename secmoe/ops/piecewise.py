@@ -74,9 +74,17 @@ METHODS = ("stc", "ctc")
 # --------------------------------------------------------------------------------------------
 
 
-def acot_cost(pool: OTPool, sender: str, n: int, ring: Ring, k: int | None = None) -> Cost:
-    """n additive correlated OTs of ℓ-bit (× k) messages, ``sender`` sending."""
-    return Cost.of_ot(pool.cost("acot", n, ring.bits, k), sender)
+def acot_cost(
+    pool: OTPool,
+    sender: str,
+    n: int,
+    ring: Ring,
+    k: int | None = None,
+    widths: np.ndarray | None = None,
+) -> Cost:
+    """n additive correlated OTs of ℓ-bit (× k) messages (or per-OT ``widths``), ``sender``
+    sending."""
+    return Cost.of_ot(pool.cost("acot", n, ring.bits, k, widths=widths), sender)
 
 
 def and_open_cost(n: int) -> Cost:
@@ -106,25 +114,62 @@ def ring_add_public(p: Party, x: np.ndarray, c: int) -> np.ndarray:
 
 
 async def _cross_pair(
-    p: Party, corr: np.ndarray, choices: np.ndarray, width: int
+    p: Party,
+    corr: np.ndarray,
+    choices: np.ndarray,
+    width: int,
+    shifts: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Both COT batches at once: this party sends ``corr`` (N, width) and chooses with
-    ``choices`` (N,) in the peer's batch. Returns (−pads, received), each (N, width)."""
+    ``choices`` (N,) in the peer's batch. Returns (−pads, received), each (N, width).
+
+    ``shifts`` (scalar messages only: width 1): (this party's, the peer's) per-slot counts t_j
+    of low zero bits of every value of slot j (period L, the slots of one element): slot j
+    carries ℓ − t_j bits (the value / 2^t_j; both results are scaled back by 2^t_j)."""
     me, peer = (CLIENT, "server") if p.role == CLIENT else ("server", CLIENT)
     f_send, f_recv = p.fork(f"from_{me}"), p.fork(f"from_{peer}")
     bits = p.ring.bits
+    if shifts is None:
+        r, got = await asyncio.gather(
+            f_send.ot.acot_send(corr.reshape(-1, width), bits),
+            f_recv.ot.acot_recv(choices.reshape(-1), bits, width),
+        )
+        return np.uint64(0) - r.reshape(-1, width), got.reshape(-1, width)
+    mine_t, peer_t = (np.asarray(t, np.uint64) for t in shifts)
     r, got = await asyncio.gather(
-        f_send.ot.acot_send(corr.reshape(-1, width), bits),
-        f_recv.ot.acot_recv(choices.reshape(-1), bits, width),
+        f_send.ot.acot_send(
+            (corr.reshape(-1, mine_t.size) >> mine_t).reshape(-1), bits, bits - mine_t
+        ),
+        f_recv.ot.acot_recv(choices.reshape(-1), bits, None, bits - peer_t),
     )
-    return np.uint64(0) - r.reshape(-1, width), got.reshape(-1, width)
+    mine = (np.uint64(0) - r.reshape(-1, mine_t.size)) << mine_t
+    return mine.reshape(-1, 1), (got.reshape(-1, peer_t.size) << peer_t).reshape(-1, 1)
+
+
+def _square_shifts(k: int, out_bits: int, drop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Low zero bits of :func:`square_narrow`'s COT values after ``drop``: the client's slot i
+    (2u·2^i) has i + 1 − s, its wrap slot and the server's (multiples of 2^(k+1)) k + 1 − s
+    (at most ℓ − 1: every slot sends at least one bit)."""
+    t = np.minimum(np.maximum(np.arange(1, k + 2) - drop, 0), out_bits - 1)
+    t[k] = min(max(k + 1 - drop, 0), out_bits - 1)
+    return t, t[k:]
+
+
+def dropped(ring: Ring, v: np.ndarray, drop: int) -> np.ndarray:
+    """⌊(v mod 2^ℓ) / 2^drop⌋: a term of a product floored before it is sent or summed."""
+    return ring.reduce(v) >> np.uint64(drop)
 
 
 async def mul_narrow(
-    p: Party, x: np.ndarray, y: np.ndarray, y_bits: int | None = None
+    p: Party, x: np.ndarray, y: np.ndarray, y_bits: int | None = None, drop: int = 0
 ) -> np.ndarray:
     """Shares of x·y mod 2^ℓ where y is one value per row of x (shape ``x.shape[:-1] + (1,)``)
     or one per element (``x.shape``), and |y| < 2^(y_bits−2) (``None``: any y, ℓ bits).
+
+    With ``drop`` = s > 0 (for a product that is truncated next): shares mod 2^(ℓ−s) of
+    ⌊x·y / 2^s⌋ − e, 0 ≤ e < 2k + 4: every COT value and each local term is floored by 2^s
+    first (ℓ − s bits per value on the wire; the terms' sum is x·y + K·2^ℓ, so the sum of their
+    floors is ⌊x·y/2^s⌋ + K·2^(ℓ−s) − e, one unit of e per floored term).
 
     With u_c + u_s = y + B + 2^k·w (B = 2^(k−2), k = y_bits, :func:`_narrow_shares`):
     x·y = x·u_c + x·u_s − 2^k·w·x − B·x. The cross terms x_s·u_c and x_c·u_s are Gilboa
@@ -133,10 +178,11 @@ async def mul_narrow(
     message carries every element of the row).
 
     Message flow: one COT batch each way, concurrently: (k + 1) COTs per row of y, each with
-    a row of ℓ-bit values (k = ℓ and no wrap slot when ``y_bits`` is None).
-    Cost: :func:`mul_narrow_cost`. Exact (no truncation).
+    a row of (ℓ − s)-bit values (k = ℓ and no wrap slot when ``y_bits`` is None).
+    Cost: :func:`mul_narrow_cost`. Exact (no truncation) when ``drop`` is 0.
     """
     ring = p.ring
+    out = ring.with_bits(ring.bits - drop)
     x = np.asarray(x, dtype=np.uint64)
     y_shape = np.shape(y)
     if y_shape != x.shape and y_shape != (*x.shape[:-1], 1):
@@ -155,14 +201,14 @@ async def mul_narrow(
         scales.append((np.uint64(0) - (np.uint64(1) - top) * np.uint64(1 << k))[:, None])
         choices.append(top.astype(bool)[:, None])
     sc = np.concatenate(scales, axis=1)  # (rows, k + wrap)
-    corr = xr[:, None, :] * sc[:, :, None]
-    mine, got = await _cross_pair(p, corr, np.concatenate(choices, axis=1), width)
+    corr = dropped(ring, xr[:, None, :] * sc[:, :, None], drop)
+    mine, got = await _cross_pair(p.with_ring(out), corr, np.concatenate(choices, axis=1), width)
     slots = sc.shape[1]
     cross = mine.reshape(rows, slots, width).sum(1) + got.reshape(rows, slots, width).sum(1)
     local = xr * u[:, None]
     if wrap:
         local = local - np.uint64(1 << k) * top[:, None] * xr - np.uint64(1 << (k - 2)) * xr
-    return ring.reduce(local + cross).reshape(x.shape)
+    return out.reduce(dropped(ring, local, drop) + cross).reshape(x.shape)
 
 
 def _narrow_width(bits: int | None, ring: Ring) -> tuple[int, bool]:
@@ -174,16 +220,19 @@ def _narrow_width(bits: int | None, ring: Ring) -> tuple[int, bool]:
 
 
 def mul_narrow_cost(
-    pool: OTPool, rows: int, width: int, ring: Ring, y_bits: int | None = None
+    pool: OTPool, rows: int, width: int, ring: Ring, y_bits: int | None = None, drop: int = 0
 ) -> Cost:
     """Declared cost of :func:`mul_narrow` with ``rows`` values of y and rows of ``width``."""
     k, wrap = _narrow_width(y_bits, ring)
-    n = rows * (k + int(wrap))
-    return acot_cost(pool, CLIENT, n, ring, width) | acot_cost(pool, "server", n, ring, width)
+    n, out = rows * (k + int(wrap)), ring.with_bits(ring.bits - drop)
+    return acot_cost(pool, CLIENT, n, out, width) | acot_cost(pool, "server", n, out, width)
 
 
-async def square_narrow(p: Party, x: np.ndarray, x_bits: int | None = None) -> np.ndarray:
-    """Shares of x² mod 2^ℓ for |x| < 2^(x_bits−2) (``None``: :func:`arith.square`).
+async def square_narrow(
+    p: Party, x: np.ndarray, x_bits: int | None = None, drop: int = 0
+) -> np.ndarray:
+    """Shares of x² mod 2^ℓ for |x| < 2^(x_bits−2) (``None``: :func:`arith.square`); with
+    ``drop`` = s, shares mod 2^(ℓ−s) of ⌊x²/2^s⌋ − e, 0 ≤ e < k + 4, as :func:`mul_narrow`.
 
     With y = x + B = u_c + u_s − 2^k·w (:func:`_narrow_shares`, B = 2^(k−2)):
     x² = (u_c² − 2B·u_c + B²) + (u_s² − 2B·u_s) + 2·u_c·u_s + w·(G_c + G_s), where
@@ -191,12 +240,17 @@ async def square_narrow(p: Party, x: np.ndarray, x_bits: int | None = None) -> n
     k bits of u_s and its MSB b (k + 1 COTs from the client), the client with its MSB a (one
     COT from the server).
 
-    Cost: :func:`square_narrow_cost` (k + 2 COTs per element instead of ℓ). Exact.
+    Cost: :func:`square_narrow_cost` (k + 2 COTs per element instead of ℓ). Exact when
+    ``drop`` is 0.
     """
     ring = p.ring
     k, wrap = _narrow_width(x_bits, ring)
     if not wrap:
+        if drop:
+            raise ValueError("square_narrow: drop needs a narrow width x_bits")
         return await arith.square(p, x)
+    out, q = ring.with_bits(ring.bits - drop), p.with_ring(ring.with_bits(ring.bits - drop))
+    shifts = _square_shifts(k, out.bits, drop)  # (the client's slots, the server's)
     x = np.asarray(x, dtype=np.uint64)
     flat = x.reshape(-1)
     u, top = _narrow_shares(p, flat, k)
@@ -210,23 +264,30 @@ async def square_narrow(p: Party, x: np.ndarray, x_bits: int | None = None) -> n
             [np.uint64(2) * u[:, None] << np.arange(k, dtype=np.uint64), ((1 - top) * g)[:, None]],
             axis=1,
         )
-        mine, got = await _cross_pair(p, sc, top.astype(bool), 1)
+        mine, got = await _cross_pair(q, dropped(ring, sc, drop), top.astype(bool), 1, shifts)
         cross = mine.reshape(-1, k + 1).sum(1) + got.reshape(-1)
     else:
         g = np.uint64(0) - k1 * u
         local = u * u - np.uint64(2) * b_ * u + top * g
         choices = np.concatenate([arith.step_bits(u, k), top.astype(bool)[:, None]], axis=1)
-        mine, got = await _cross_pair(p, ((1 - top) * g)[:, None], choices, 1)
+        corr = dropped(ring, ((1 - top) * g)[:, None], drop)
+        mine, got = await _cross_pair(q, corr, choices, 1, shifts[::-1])
         cross = mine.reshape(-1) + got.reshape(-1, k + 1).sum(1)
-    return ring.reduce(local + cross).reshape(x.shape)
+    return out.reduce(dropped(ring, local, drop) + cross).reshape(x.shape)
 
 
-def square_narrow_cost(pool: OTPool, n: int, ring: Ring, x_bits: int | None = None) -> Cost:
+def square_narrow_cost(
+    pool: OTPool, n: int, ring: Ring, x_bits: int | None = None, drop: int = 0
+) -> Cost:
     """Declared cost of :func:`square_narrow` on n elements."""
     k, wrap = _narrow_width(x_bits, ring)
     if not wrap:
         return arith.cost_square(pool, n, ring)
-    return acot_cost(pool, CLIENT, n * (k + 1), ring) | acot_cost(pool, "server", n, ring)
+    out = ring.with_bits(ring.bits - drop)
+    tc, ts = _square_shifts(k, out.bits, drop)
+    return acot_cost(pool, CLIENT, n * (k + 1), out, widths=out.bits - tc) | acot_cost(
+        pool, "server", n, out, widths=out.bits - ts
+    )
 
 
 # --------------------------------------------------------------------------------------------
