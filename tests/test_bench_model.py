@@ -20,7 +20,7 @@ from secmoe.bench.runner import run_bench
 from secmoe.cli import build_parser, main, run_async
 from secmoe.model.config import preset
 from secmoe.model.lazy_weights import lazy_random_weights, materialize
-from secmoe.model.weights import init_random
+from secmoe.model.weights import BUNDLED_DIR, BUNDLED_NAME, init_random
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -123,3 +123,25 @@ def test_checkpoint_runs_streamed() -> None:
     assert res["rows_bytes_total"] == res["bytes_c2s"] + res["bytes_s2c"] > 0
     n = res["config"]["n_layers"]
     assert set(res["encode_seconds_per_layer"]) == {str(i) for i in range(n)}
+
+
+def test_the_server_folds_the_norms_where_it_can() -> None:
+    """mixtral-tiny (RMSNorm, LM head) folds: the same output as the folded fixed-point model,
+    and the norms send less than with ``--no-fold-norms``; digits-moe's LayerNorm β before
+    q/k/v cannot fold, which the result says."""
+    argv = ("--preset", "mixtral-tiny", "--tokens", "3", "--strategy", "all", "--layers", "1")
+    on, off = bench(*argv, "--check"), bench(*argv, "--no-fold-norms")
+    assert on["norms_folded"] and on["fold_refused"] is None and not off["norms_folded"]
+    assert on["max_abs_err_vs_fixed"] < 1e-2
+    norms_on, norms_off = (
+        r["groups"]["norms"]["bytes_c2s"] + r["groups"]["norms"]["bytes_s2c"] for r in (on, off)
+    )
+    assert norms_on < norms_off
+
+
+def test_a_norm_that_cannot_fold_is_reported() -> None:
+    """The bundled digits model has a LayerNorm β before q/k/v (no bias there): it runs
+    unfolded, and the result says why."""
+    bundled = BUNDLED_DIR / f"{BUNDLED_NAME}.safetensors"
+    res = bench("--model", str(bundled), "--tokens", "2", "--layers", "1", "--strategy", "all")
+    assert not res["norms_folded"] and "attn_norm.bias" in res["fold_refused"]

@@ -50,6 +50,7 @@ import numpy as np
 from ..crypto.prg import PRG
 from ..model.config import ModelConfig, preset, preset_names
 from ..model.fixed import run_fixed
+from ..model.fold import FoldError, fold_norms
 from ..model.lazy_weights import StreamedLayers, lazy_random_weights, materialize
 from ..model.plan_work import announce_work
 from ..model.secure import RunOptions, moe_spec, secure_forward
@@ -95,6 +96,13 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, help="run only the first N blocks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="the random weights' public seed")
     p.add_argument(
+        "--no-fold-norms",
+        dest="fold_norms",
+        action="store_false",
+        help="keep the norms' γ on shares (default: the server folds it into the following "
+        "weights where it can, as `secmoe serve` does: model.fold)",
+    )
+    p.add_argument(
         "--check",
         action="store_true",
         help="compare the output with the fixed-point reference (small presets: the client "
@@ -136,6 +144,7 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         "capacity_factor": args.capacity_factor,
         "layers": args.layers,
         "seed": args.seed,
+        "fold_norms": args.fold_norms,
     }
 
 
@@ -284,6 +293,18 @@ def _server_weights(args: argparse.Namespace, cfg: ModelConfig) -> ModelWeights:
     )
 
 
+def folded(weights: ModelWeights) -> tuple[ModelWeights, str | None]:
+    """The weights with the norms folded (:func:`~secmoe.model.fold.fold_norms`), else the
+    weights as they are and why not. A streamed model folds each layer when read: its first
+    layer is read here (once) so that a problem shows before the run, not in it."""
+    try:
+        out = fold_norms(weights)
+        out.layers[0]
+    except FoldError as exc:
+        return weights, str(exc)
+    return out, None
+
+
 def _client_inputs(cfg: ModelConfig, tokens: int, seed: int) -> np.ndarray:
     """The client's sequence: random token ids or patch features in [0, 1) (public seed: a
     benchmark input)."""
@@ -302,12 +323,18 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     load_start = os.getloadavg()
     options = RunOptions(args.strategy, args.capacity_factor)
-    weights = None
+    weights, refused = None, None
     if ch.role == "server":
-        cfg = model_config(args)
-        await ch.send(cfg.to_json(), tag="bench/model/config")
+        source = model_config(args)
+        weights = _server_weights(args, source)
+        if args.fold_norms:
+            weights, refused = folded(weights)
+        cfg = weights.config
+        msg = {"config": cfg.to_json(), "source": source.to_json(), "fold_refused": refused}
+        await ch.send(msg, tag="bench/model/config")
     else:
-        cfg = ModelConfig.from_json(await ch.recv(tag="bench/model/config"))
+        msg = await ch.recv(tag="bench/model/config")
+        cfg, refused = ModelConfig.from_json(msg["config"]), msg["fold_refused"]
     shape = (1, args.tokens)
     union_bits = union_bits_for(flood_demand(cfg, shape, options))
     if union_bits > MAX_UNION_BITS:
@@ -315,7 +342,6 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
     p = await setup_inference(ch, PRG(), cfg, None, shape, options, union_bits=union_bits)
     clock = Clock()
     if p.role == "server":
-        weights = _server_weights(args, cfg)
         encoder = LayerEncoder(p, weights, shape, options, clock)
         weights.layers = StreamedLayers(cfg.n_layers, weights.layers.__getitem__, encoder)  # type: ignore[assignment]
     inputs = _client_inputs(cfg, args.tokens, args.seed) if p.role == "client" else None
@@ -327,6 +353,8 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
         "inputs": inputs,
         "clock": clock,
         "shape": shape,
+        "source": msg["source"],
+        "fold_refused": refused,
         "setup_seconds": time.perf_counter() - t0,
         "load_start": load_start,
     }
@@ -452,6 +480,8 @@ async def _check(
     extra: dict[str, Any] = {
         **table,
         "config": st["cfg"].to_dict(),
+        "norms_folded": st["cfg"].norms_folded,
+        "fold_refused": st["fold_refused"],
         "seconds": online,
         "estimates": {
             n: round(pr.estimate(online, wire, totals.rounds), 3) for n, pr in PROFILES.items()
@@ -474,7 +504,9 @@ async def _check(
     if args.check and ch.role == "client":
         cfg = st["cfg"]
         cap = moe_spec(cfg, st["options"]).capacity_for(args.tokens)
-        model = materialize(lazy_random_weights(cfg, args.seed))
+        model = materialize(lazy_random_weights(ModelConfig.from_json(st["source"]), args.seed))
+        if cfg.norms_folded:
+            model = fold_norms(model)
         want = run_fixed(model, st["inputs"], capacity=cap).output
         err = np.abs(np.asarray(out, np.float64) - want)
         extra["max_abs_err_vs_fixed"] = float(err.max())
