@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,13 +61,17 @@ from ..protocols import arith, boolean, compare
 from ..protocols.boolean import CLIENT
 from ..protocols.cost import Cost
 from ..protocols.ot.pool import OTPool
-from ..protocols.party import Party
+from ..protocols.party import Party, batch_sizes
 from .approx import PiecewisePolynomial
 
 #: Default comparison width k: sound for |x| + max|b_j| < 2^(k−1−f) = 2^13 at f = 18.
 DEFAULT_CMP_BITS = 32
 SELECTS = ("mux", "onehot")
 METHODS = ("stc", "ctc")
+#: Elements per batch of :func:`evaluate`. GeLU's comparisons, powers and MUXes hold ~7.6 KB
+#: per element while in flight (both parties, silent OT; tracemalloc peak of 996 MB at 2^17
+#: elements in one batch): 2^14 elements keep a batch near 125 MB, at a few rounds per batch.
+EVAL_CHUNK = 1 << 14
 
 # --------------------------------------------------------------------------------------------
 # Declared costs: secmoe.protocols.cost.Cost (``+`` sequential, ``|`` concurrent; rounds are an
@@ -642,12 +647,29 @@ async def stc(
         bits: comparison width k; range: |x| + max|b_j| < 2^(k−1−f).
         select: ``"mux"`` (default) or ``"onehot"`` (the paper's coefficient selection).
 
+    Inputs of more than :data:`EVAL_CHUNK` elements go in consecutive batches.
     Cost: :func:`stc_cost`. Error: :func:`error_bound`.
     """
     if select not in SELECTS:
         raise ValueError(f"select must be one of {SELECTS}, got {select!r}")
+    return await _in_batches(p, x, lambda sub, v: _stc_batch(sub, pp, v, bits, select))
+
+
+async def _in_batches(
+    p: Party, x: np.ndarray, run: Callable[[Party, np.ndarray], Awaitable[np.ndarray]]
+) -> np.ndarray:
+    """``run`` on consecutive batches of :data:`EVAL_CHUNK` elements of x (flattened)."""
+    flat = p.ring.reduce(np.asarray(x, dtype=np.uint64)).reshape(-1)
+    out = np.empty(flat.size, dtype=np.uint64)
+    for sub, part in p.batches(flat.size, EVAL_CHUNK):
+        out[part] = await run(sub, flat[part])
+    return out.reshape(np.shape(x))
+
+
+async def _stc_batch(
+    p: Party, pp: PiecewisePolynomial, x: np.ndarray, bits: int, select: str
+) -> np.ndarray:
     ring = p.ring
-    x = ring.reduce(np.asarray(x, dtype=np.uint64))
     a, shift = _coeffs(pp, ring)
     deg = used_degree(pp)
     # Steps 1–2, concurrently.
@@ -686,10 +708,13 @@ async def ctc(
 
     Every power up to the table's degree, every segment's value, then the one-hot indicators
     s_0 = ¬c_0, s_j = c_{j−1} ⊕ c_j, s_m = c_{m−1} select them: one MUX per non-zero segment.
-    Arguments as :func:`stc`. Cost: :func:`ctc_cost`.
+    Arguments and batches as :func:`stc`. Cost: :func:`ctc_cost`.
     """
+    return await _in_batches(p, x, lambda sub, v: _ctc_batch(sub, pp, v, bits))
+
+
+async def _ctc_batch(p: Party, pp: PiecewisePolynomial, x: np.ndarray, bits: int) -> np.ndarray:
     ring = p.ring
-    x = ring.reduce(np.asarray(x, dtype=np.uint64))
     a, shift = _coeffs(pp, ring)
     c, pw = await asyncio.gather(
         compare_breakpoints(p.fork("cmp"), x, pp.encoded_breakpoints(ring), bits),
@@ -735,7 +760,20 @@ def stc_cost(
     bits: int = DEFAULT_CMP_BITS,
     select: str = "mux",
 ) -> Cost:
-    """Declared cost of :func:`stc` on n elements."""
+    """Declared cost of :func:`stc` on n elements (its batches, one after the other)."""
+    return _batches_cost(n, lambda k: _stc_batch_cost(pool, pp, k, ring, bits, select))
+
+
+def _batches_cost(n: int, one: Callable[[int], Cost]) -> Cost:
+    total = Cost()
+    for k in batch_sizes(n, EVAL_CHUNK):
+        total = total + one(k)
+    return total
+
+
+def _stc_batch_cost(
+    pool: OTPool, pp: PiecewisePolynomial, n: int, ring: Ring, bits: int, select: str
+) -> Cost:
     a, shift = _coeffs(pp, ring)
     deg, m = used_degree(pp), len(pp.breakpoints)
     c = compare_cost(pool, n, pp.encoded_breakpoints(ring), bits) | powers_cost(
@@ -754,7 +792,11 @@ def stc_cost(
 def ctc_cost(
     pool: OTPool, pp: PiecewisePolynomial, n: int, ring: Ring, bits: int = DEFAULT_CMP_BITS
 ) -> Cost:
-    """Declared cost of :func:`ctc` on n elements."""
+    """Declared cost of :func:`ctc` on n elements (its batches, one after the other)."""
+    return _batches_cost(n, lambda k: _ctc_batch_cost(pool, pp, k, ring, bits))
+
+
+def _ctc_batch_cost(pool: OTPool, pp: PiecewisePolynomial, n: int, ring: Ring, bits: int) -> Cost:
     a, shift = _coeffs(pp, ring)
     c = compare_cost(pool, n, pp.encoded_breakpoints(ring), bits) | powers_cost(
         pool, n, used_degree(pp), ring, domain_bits(pp, ring, bits)

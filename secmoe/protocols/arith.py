@@ -53,9 +53,10 @@ def ideal_trunc(x: np.ndarray, ring: Ring, shift: int | None = None) -> np.ndarr
 
 
 #: Elements per COT batch of a product: ℓ COTs (16 B each while in flight) and their inputs per
-#: element are held at once, so a batch of 2^16 64-bit products holds ~70 MB per party; larger
-#: tensors go in consecutive batches (one more round each) instead of one unbounded batch.
-MUL_CHUNK = 1 << 16
+#: element are held at once, ~1.1 KB per 64-bit product and party (a batch of 2^16 held ~70 MB
+#: per party: the peak of a 64-image demo session); larger tensors go in consecutive batches
+#: (one more round each) instead of one unbounded batch.
+MUL_CHUNK = 1 << 14
 
 
 def _chunks(n: int) -> list[int]:

@@ -48,7 +48,7 @@ import numpy as np
 from .boolean import CLIENT, and_fanout, bit_triples, cost_bit_triples, cost_mux, mux, not_, xor
 from .cost import Cost
 from .ot.pool import OTPool
-from .party import Party
+from .party import Party, batch_sizes
 
 #: Digit bits of the millionaires' leaves per COT source. Measured at 63 bits, 2^16 elements
 #: (bytes with the GGM refills; time side by side): silent m = 2 / 3 / 4: 67.9 / 67.7 / 83.2 B
@@ -140,10 +140,6 @@ def ideal_msb(x: np.ndarray, bits: int) -> np.ndarray:
     return ((np.asarray(x, np.uint64) >> np.uint64(bits - 1)) & np.uint64(1)).astype(bool)
 
 
-def _batches(n: int) -> list[int]:
-    return [min(COMPARE_CHUNK, n - start) for start in range(0, n, COMPARE_CHUNK)] or [0]
-
-
 async def millionaires(
     p: Party, value: np.ndarray, bits: int, *, want_eq: bool = False, m: int | None = None
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -159,12 +155,8 @@ async def millionaires(
     shape = np.shape(value)
     flat = np.asarray(value).reshape(-1)
     gt, eq = np.empty(flat.size, bool), np.empty(flat.size, bool)
-    start = 0
-    for i, size in enumerate(_batches(flat.size)):
-        sub = p if i == 0 else p.fork(f"batch{i}")
-        g, e = await _millionaires_batch(sub, flat[start : start + size], bits, want_eq, m)
-        gt[start : start + size], eq[start : start + size] = g, e
-        start += size
+    for sub, part in p.batches(flat.size, COMPARE_CHUNK):
+        gt[part], eq[part] = await _millionaires_batch(sub, flat[part], bits, want_eq, m)
     return gt.reshape(shape), (eq.reshape(shape) if want_eq else None)
 
 
@@ -279,7 +271,7 @@ def cost_millionaires(
     """Declared cost of :func:`millionaires` on n values (rounds: an upper bound)."""
     m = default_radix(pool) if m is None else m
     total = Cost()
-    for size in _batches(n):
+    for size in batch_sizes(n, COMPARE_CHUNK):
         q = -(-bits // m)
         one = cost_bit_triples(pool, size * and_count(q))
         for _, count, s, msg_bits in leaf_groups(bits, m, want_eq):

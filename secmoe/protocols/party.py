@@ -9,6 +9,7 @@ Ferret streams).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -16,6 +17,11 @@ from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
 from .ot.pool import DEFAULT_SOURCE, OTPool
+
+
+def batch_sizes(n: int, size: int) -> list[int]:
+    """The sizes of consecutive batches of at most ``size`` of n elements ([0] when n = 0)."""
+    return [min(size, n - start) for start in range(0, n, size)] or [0]
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,16 @@ class Party:
     @property
     def role(self) -> str:
         return self.ch.role
+
+    def batches(self, n: int, size: int) -> Iterator[tuple[Party, slice]]:
+        """Consecutive batches of n elements (:func:`batch_sizes`), each with the party that
+        runs it: this one for the first, a fork ``batch{i}`` for the i-th after (its own
+        randomness and path). A protocol that runs its batches one after the other holds one
+        batch's memory at a time, for a few more rounds."""
+        start = 0
+        for i, k in enumerate(batch_sizes(n, size)):
+            yield (self if i == 0 else self.fork(f"batch{i}")), slice(start, start + k)
+            start += k
 
     def fork(self, name: str) -> Party:
         """The context for a concurrent sub-protocol named ``name``.

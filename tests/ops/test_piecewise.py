@@ -167,6 +167,25 @@ async def test_evaluate_matches_the_spec_within_the_truncation_bound(method, sel
     assert (err <= pw.error_bound(CUBIC, x, R)).all()
 
 
+@pytest.mark.parametrize("method", ["stc", "ctc"])
+async def test_large_inputs_go_in_batches_with_their_declared_cost(method, monkeypatch):
+    monkeypatch.setattr(pw, "EVAL_CHUNK", 64)  # 150 elements: batches of 64, 64 and 22
+    x = R.from_signed(R.to_signed(R.encode(np.random.default_rng(5).uniform(-6, 6, 150))))
+    xs = split(x, R, 6)
+
+    async def body(p):
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
+        out = await pw.evaluate(p.fork("pp"), CUBIC, mine(p, xs).reshape(10, 15), method, 28)
+        checked(p, snap, mark, pw.cost(p.ot, CUBIC, x.size, R, method, 28))
+        paths = {path.split("/")[1] for path in p.ch.stats.by_path(depth=2) if "/" in path}
+        assert {"cmp", "batch1", "batch2"} <= paths, paths
+        return out.reshape(-1)
+
+    c, s = await run_parties(body)
+    err = np.abs(R.to_signed(opened((c, s), R)) - R.to_signed(pw.ideal(CUBIC, x, R)))
+    assert (err <= pw.error_bound(CUBIC, x, R)).all()
+
+
 async def test_evaluate_rejects_unknown_methods():
     with pytest.raises(ValueError, match="method"):
         await pw.evaluate(None, CUBIC, np.zeros(1, np.uint64), "magic")  # type: ignore[arg-type]
