@@ -6,7 +6,7 @@ import pytest
 import tenseal.sealapi as sealapi
 
 from secmoe.crypto.he import FloodBudget, FloodBudgetExceeded
-from secmoe.crypto.he_params import FLOOD_UNION_BITS, HE_8K
+from secmoe.crypto.he_params import FLOOD_UNION_BITS, HE_8K, HE_16K
 from secmoe.crypto.prg import PRG
 from secmoe.model.config import PRESETS
 from secmoe.model.secure import RunOptions, secure_forward
@@ -120,7 +120,10 @@ TINY_LM = init_random(PRESETS["mixtral-tiny"], seed=3)
 )
 async def test_flood_demand_matches_the_keys_counters(model, strategy):
     """The plan's demand, from which κ is sized before any cryptography, is what the keys
-    count (an upper bound for reveal); here with κ = 25 to run a non-default flooding."""
+    count: exactly, but for an upper bound with reveal (tokens per expert are known online
+    only) and, for the secret × secret key, with the 0/1 products that matmul_01 may run as
+    MUXes (the ``all`` combine, ``dispatch``'s gather and scatter); here with κ = 25 to run a
+    non-default flooding."""
     if model == "bundled":
         weights, x = BUNDLED, load_heldout()[0][:1, :3]
     else:
@@ -131,8 +134,9 @@ async def test_flood_demand_matches_the_keys_counters(model, strategy):
     budgets = await _session_budgets(cfg, weights, x, options, union_bits=25)
     for name, budget in budgets.items():
         assert budget.union_bits == 25
-        if strategy == "reveal":
-            assert 0 < budget.used <= demand[name]
+        upper = strategy == "reveal" or (name == HE_16K.name and strategy in ("all", "dispatch"))
+        if upper:
+            assert 0 < budget.used <= demand[name], name
         else:
             assert budget.used == demand[name], name
 

@@ -195,6 +195,13 @@ class HEContext:
         self.evaluator.transform_to_ntt_inplace(pt, self.pid[level or self.top])
         return pt
 
+    def plain_monomial(self, k: int) -> sealapi.Plaintext:
+        """The coefficient-form plaintext X^k (0 ≤ k < N), for products by BFV ciphertexts in
+        coefficient form (SEAL's monomial path)."""
+        c = np.zeros(self.n, dtype=U64)
+        c[k] = 1
+        return ser.load_body(sealapi.Plaintext(), self.seal, ser.plaintext_body([0, 0, 0, 0], c))
+
     def plain_from_ntt(self, residues: np.ndarray) -> sealapi.Plaintext:
         """NTT-form plaintext from NTT-domain residues (L, N) at level L."""
         body = ser.plaintext_body(self.pid[residues.shape[0]], residues)

@@ -40,6 +40,20 @@ the at most 2^κ coefficients (κ = 24 by default) returned under one key the di
 (σ = 40). Modulus switching scales the flood by q_L/q; what remains must stay below
 q_L/2^(ℓ+1) for decryption to be correct, which :func:`plan_noise` checks.
 
+Packed results: the key switches' noise
+--------------------------------------
+The server may merge 2^p sparse product ciphertexts into one before step (1)
+(:class:`~secmoe.protocols.he_common.ProductPacker`): each merge applies a Galois automorphism
+and switches its key with SEAL's Galois keys. A key switch of c (at a level with primes q_j)
+adds Σ_j c_j·e_j / P + r0 + r1·s, with c_j ∈ [0, q_j) the RNS digits of c, e_j the key's
+errors (|e| ≤ η = 21, SEAL's centered binomial), P the special prime and |r0|, |r1| ≤ ½ the
+rounding of the division by P: at most N·η·Σ_j q_j / P + (N + 1)/2 per coefficient
+(:meth:`HEParams.keyswitch_noise_bits`: 2^24.4 at ``HE_8K``, 2^16.8 at ``HE_16K``). c depends
+on W, so this noise is data-dependent: the products are first multiplied by 2^−p mod q (q is
+odd), each merge doubles what it merges and adds one key switch's noise, so a packed
+coefficient carries its product's noise plus at most (2^p − 1) key switches' — B grows by that
+much before β = ⌈log2 B⌉ + σ + κ is chosen (the flood then covers the packed ciphertext).
+
 Returned coefficients: only the bits decryption needs
 ----------------------------------------------------
 After step (4) each returned coefficient c ∈ [0, q_L) has ⌈log2 q_L⌉ = 80 bits, but its low
@@ -98,6 +112,9 @@ class HEParams:
         plain_bits: ℓ, with plaintext modulus t = 2^ℓ.
         plain_mod_seal: the plaintext modulus handed to SEAL (only used to lift small signed
             plaintext coefficients, e.g. weights and the secret key; never for messages).
+        pack_log: returned ciphertexts whose outputs sit on a stride up to 2^pack_log may be
+            packed (:mod:`secmoe.protocols.he_common`); setup sends the Galois keys of the
+            automorphisms X ↦ X^(2N/S + 1), S = 2, 4, …, 2^pack_log.
     """
 
     name: str
@@ -107,6 +124,7 @@ class HEParams:
     out_primes: int = 2
     plain_bits: int = 64
     plain_mod_seal: int = 1 << 36
+    pack_log: int = 10
 
     def __post_init__(self) -> None:
         if self.n not in HE_STANDARD_128:
@@ -184,6 +202,12 @@ class HEParams:
     def decrypt_margin_bits(self) -> float:
         """log2 of the largest noise the output level decrypts correctly: q_L / 2^(ℓ+1)."""
         return self.out_q_bits - self.plain_bits - 1
+
+    def keyswitch_noise_bits(self) -> float:
+        """log2 of a worst-case bound on the noise one key switch (a Galois automorphism with
+        SEAL's keys) adds at any data level: N·η·Σ_j q_j / P + (N + 1)/2 (module docstring)."""
+        ks = self.n * CBD_ETA * sum(self.primes) / self.all_primes[-1]
+        return math.log2(ks + (self.n + 1) / 2)
 
 
 def level_bits(params: HEParams, level: int) -> float:

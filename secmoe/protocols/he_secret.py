@@ -18,8 +18,10 @@ one product [A_1 | … | A_g]·diag(B_1, …, B_g) of shape (T, g·d)·(g·d, g�
 block-diagonal "weights" the server holds (and [B_1ᵀ | … | B_gᵀ]·diag(A_1ᵀ, …, A_gᵀ) for the
 other cross term); head j's result is its column block. The packing's blocks then span several
 heads on the input side, and the blocks outside the diagonal, zero by this public structure,
-are not multiplied (which reveals nothing). :func:`plan_secret_matmul` picks g (a divisor of
-K) and the packing that minimize the bytes — a public function of the shapes.
+are not multiplied (which reveals nothing). Each cross product's sparse results are packed
+into few returned ciphertexts (:class:`~secmoe.protocols.he_common.ProductPacker`).
+:func:`plan_secret_matmul` picks g (a divisor of K) and each side's plan that minimize the
+bytes plus a small charge per key switch — a public function of the shapes.
 
 **Who learns what.** As in :mod:`secmoe.protocols.he_linear`: the server sees only
 ciphertexts; the client decrypts uniformly masked values, with the noise at each decryptable
@@ -39,9 +41,10 @@ products as HE cross terms; packing as in Cheetah §3.1.
 
 **Cost.** Two plain-weight products per group, K/g groups (:func:`secret_matmul_cost` is
 exact): c2s (K/g)·(n_in,l·B_in,l + n_in,r·B_in,r)·N + 32, s2c the returned ciphertexts of both
-(:meth:`~secmoe.protocols.he_linear.MatmulPlan.ct_bytes`); two flights. At T = 8, d = 64,
-h = 8, K = 12 (attention's q·kᵀ at Switch-Base dims): g = 4, 6.8 MB (16.1 MB with one
-product per head and all 80 bits of each returned coefficient).
+(:meth:`~secmoe.protocols.he_common.MatmulPlan.ct_bytes`); two flights. Server work: the
+plaintext products and the packing's key switches of both sides. At T = 8, d = 64, h = 8,
+K = 12 (attention's q·kᵀ at Switch-Base dims): g = 12, 2.35 MB (6.75 MB with g = 4 and no
+packing; 16.1 MB with one product per head and all 80 bits of each returned coefficient).
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from ..crypto.he_params import FLOOD_UNION_BITS, HE_16K, HEParams
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
-from .he_linear import (
+from .he_common import (
     FULL_RANGE,
     MatmulPlan,
     encode_weights,
@@ -111,6 +114,10 @@ class SecretMatmulPlan:
         """Ciphertext bytes of the call, both directions."""
         return sum(self.left.ct_bytes(self.groups)) + sum(self.right.ct_bytes(self.groups))
 
+    def score(self) -> float:
+        """Bytes plus the charge for key switches (:meth:`MatmulPlan.score`)."""
+        return self.left.score(self.groups) + self.right.score(self.groups)
+
 
 def plan_secret_matmul(
     t: int,
@@ -123,13 +130,14 @@ def plan_secret_matmul(
 ) -> SecretMatmulPlan:
     """Public plan for ``heads`` products (T×d)·(d×h) of shared matrices (flooding for 2^κ
     returned coefficients per key, κ = ``union_bits``): the group size g (a divisor of
-    ``heads``) with the fewest ciphertext bytes (ties: the smaller g)."""
+    ``heads``) with the fewest ciphertext bytes plus the charge for the packing's key
+    switches (:meth:`~secmoe.protocols.he_common.MatmulPlan.score`; ties: the smaller g)."""
     best: SecretMatmulPlan | None = None
     for g in (g for g in range(1, heads + 1) if heads % g == 0):
         left = plan_matmul(t, g * d, (g * h,), params, w_bits=FULL_RANGE, union_bits=union_bits)
         right = plan_matmul(h, g * d, (g * t,), params, w_bits=FULL_RANGE, union_bits=union_bits)
         plan = SecretMatmulPlan(heads, g, left, right)
-        if best is None or plan.ct_bytes() < best.ct_bytes():
+        if best is None or plan.score() < best.score():
             best = plan
     assert best is not None
     return best

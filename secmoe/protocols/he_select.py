@@ -8,39 +8,62 @@ of x_k·W_{r_k},m mod 2^ℓ where r_k is the selected expert, exactly. Nobody le
 
 **Who learns what.** The server sees ciphertexts only. The client decrypts uniformly masked
 values from re-randomized, flooded ciphertexts (as in :mod:`secmoe.protocols.he_linear`); it
-learns nothing about the weights (of any expert) beyond the public shapes and bound.
+learns nothing about the weights (of any expert) beyond the public shapes and bound. Every
+layout, block size and packing is a public function of (T, E, d, h_m): the same whatever the
+routing, so neither party learns which token uses which expert.
 
 **Method** (the paper's steps 4-7; REF SecMoE, arXiv 2601.06790; query expansion from SealPIR,
-Angel et al., S&P 2018, eprint 2017/1142; coefficient packing from Cheetah, eprint 2022/207):
+Angel et al., S&P 2018, eprint 2017/1142; coefficient packing from Cheetah, eprint 2022/207;
+packing of results from Chen–Dai–Kim–Song's PackLWEs, eprint 2020/015):
 
 1. The client packs its shares of all T·E one-hot entries into *one* ciphertext (BFV,
    message scaled by q/2^(ℓ+λ) with 2^λ ≥ T·E) and its inputs x_c into BGV-style ciphertexts
-   (phase x + 2^ℓ·e, one per token and input block).
+   (phase x + 2^ℓ·e, one per token and input block of d_b; x̂ = Σ_j x_j·X^(−j), a negative
+   power wrapping with its sign).
 2. The server adds t_s and x_s, then expands the packed ciphertext into T·E ciphertexts of
    constants with λ levels of X ↦ X^(N/2^j+1) automorphisms (Galois keys sent in setup); the
    2^λ factor of the expansion cancels the pre-scaling (and the wraps of t_c + t_s).
-3. [[W_r]] = Σ_j [[t_j]]·Ŵ_j (plaintext products, per token, per weight block): the selected
-   expert's weights, encrypted, in Cheetah's layout.
+3. [[W_r]] = Σ_j [[t_j]]·Ŵ_j (plaintext products, per token, per weight block,
+   ŵ = Σ_{j,l} W[j, l]·X^(l·d_b + j)): the selected expert's weights, encrypted.
 4. [[x·W_r]] = [[W_r]] ⊗ [[x]]: the tensor product mod q of a BFV and a BGV ciphertext is a BFV
    ciphertext of the product mod 2^ℓ with no rescaling (t = 2^ℓ is beyond SEAL's own BFV
-   multiplication); accumulated over blocks, relinearized once per output ciphertext.
-5. Re-randomize, mask, flood, switch to q_L, return (as in protocol 1).
+   multiplication); accumulated over blocks, switched down to the plan's evaluation level
+   (the lowest whose modulus still absorbs the flood of the switched noise; there the key
+   switches of relinearization and packing cost about half), multiplied by 2^(−P) mod q (a
+   constant; the packing's factor 2^P cancels it exactly) and relinearized once per product
+   ciphertext. Output l of a block sits at coefficient l·d_b (a multiple of 2^P, P ≤ the
+   2-adic valuation of d_b).
+5. Packing: the T·Σ⌈h_m/h_b⌉ product ciphertexts, each with h_b useful coefficients, are
+   merged 2^P at a time into one by a binary tree whose merge at depth j is
+   (A + X^(2^j)·B) + σ_j(A − X^(2^j)·B), σ_j: X ↦ X^(N/2^j + 1): on the multiples of 2^j it
+   keeps (doubled) those of 2^(j+1) of A and of B, moving B's up by 2^j, and cancels the
+   others; σ_j maps the other coefficients (garbage, never returned) among themselves. Member
+   r's outputs land at l·d_b + rev_P(r) (P bits reversed, so the tree merges the products in
+   the order they are made, holding ≤ P + 1 ciphertexts); a member past the last is no
+   ciphertext, and merging with it is 2A (its slots are not returned). With the products'
+   2^(−P), the useful coefficients come out unchanged (PackLWEs).
+6. Re-randomize, mask, flood (at the evaluation level), switch to q_L, return (as in
+   protocol 1): c1 of each packed ciphertext and c0 at the useful coefficients only.
 
 **Message flow** (one round trip)::
 
     client                                                   server
       ── he/sel/x: plan, seed_t, c0_t [1 × N], seed_x, c0_x [T·⌈d/d_b⌉ × N] ──▶
-                                                             expand, select, multiply, mask
-      ◀── he/sel/y: c1 [T·Σ⌈h_m/h_b⌉ × N], c0 at outputs ───────────────────
+                                                     expand, select, multiply, pack, mask
+      ◀── he/sel/y: c1 [⌈T·Σ⌈h_m/h_b⌉ / 2^P⌉ × N], c0 at outputs ──────────
       shares x_k·W_{r_k} + R                                 −R
 
 **Cost.** c2s: (1 + T·⌈d/d_b⌉)·N·B_in + 32 bytes (c0 only, a as seeds), s2c:
-T·Σ⌈h_m/h_b⌉·⌈N·b1/8⌉ + ⌈T·Σh_m·b0/8⌉ bytes (b1, b0: the bits of each returned coefficient
-decryption needs, :func:`~secmoe.crypto.he_params.plan_return_bits`):
+⌈T·Σ⌈h_m/h_b⌉/2^P⌉·⌈N·b1/8⌉ + ⌈T·Σh_m·b0/8⌉ bytes (b1, b0: the bits of each returned
+coefficient decryption needs, :func:`~secmoe.crypto.he_params.plan_return_bits`):
 **independent of E** (E only enters the noise, hence possibly the input level). Setup: the
-public key, relinearization keys and ⌈log2 T·E⌉ Galois keys. Server work grows linearly with E:
-T·E·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ plaintext products (the selection), plus T·E − 1 automorphisms and
-2·T·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ products for the tensor.
+public key, relinearization keys and the Galois keys of X ↦ X^(N/2^j + 1) for
+j < ⌈log2 T·E⌉ (expansion) and j < P (packing; setup sends these for every product anyway,
+:func:`~secmoe.protocols.he_setup.packing_galois_elements`). Server work grows
+linearly with E: T·E·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ plaintext products (the selection), plus T·E − 1
+automorphisms (expansion), 2·T·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ products (the tensor), T·Σ⌈h_m/h_b⌉
+relinearizations and about as many automorphisms (packing). :func:`plan_select` picks d_b, h_b
+and P for the fewest bytes, a key switch counting as :data:`KEY_SWITCH_BYTES`.
 """
 
 from __future__ import annotations
@@ -50,24 +73,30 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import tenseal.sealapi as sealapi
 
 from ..crypto.he import (
+    HEContext,
     HEError,
     ReturnPacker,
     add_rns,
     encode_scaled_exact,
     expand_a,
     pack_fresh,
+    pack_returned,
     unpack_fresh,
+    unpack_returned,
 )
 from ..crypto.he_params import (
     CBD_ETA,
     FLOOD_UNION_BITS,
     HE_16K,
     HEParams,
+    ReturnBits,
+    level_bits,
     params_for,
     plan_noise,
     plan_return_bits,
@@ -76,22 +105,11 @@ from ..crypto.he_rns import centered_to_rns
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
-from .he_linear import (
-    MatmulPlan,
-    block_candidates,
-    dummy_plain,
-    encoded_size,
-    layout_w,
-    layout_x,
-    mul_acc,
-    pack_results,
-    ret_bytes,
-    returned_shapes,
-    step_client_decrypt,
-)
-from .he_setup import ClientHE, ServerHE, expansion_galois_elements, setup_client, setup_server
+from .he_common import block_candidates, dummy_plain, encoded_size, mul_acc, ret_bytes
+from .he_setup import ClientHE, ServerHE, setup_client, setup_server
 
 __all__ = [
+    "KEY_SWITCH_BYTES",
     "SelectPlan",
     "SelectWeights",
     "encode_select_weights",
@@ -103,70 +121,157 @@ __all__ = [
 ]
 
 U64 = np.uint64
+#: What one key switch (a relinearization or an automorphism, ~15 ms at N = 16384) weighs
+#: against bytes on the wire when :func:`plan_select` compares packings.
+KEY_SWITCH_BYTES = 1 << 14
+
+
+def _ceil_log2(v: int) -> int:
+    return max(0, (v - 1).bit_length())
+
+
+def _valuation2(v: int) -> int:
+    return (v & -v).bit_length() - 1
+
+
+def _rev(r: int, bits: int) -> int:
+    """r with its ``bits`` low bits reversed."""
+    return int(f"{r:0{bits}b}"[::-1], 2) if bits else 0
 
 
 @dataclass(frozen=True)
 class SelectPlan:
     """Public parameters of one encrypted selection (both parties compute it).
 
-    ``token`` is the per-token product plan (T_b = 1) that fixes the layouts and outputs.
+    Attributes:
+        params: name of the HE parameter set; n: its ring dimension N.
+        t, e, d, hs: T tokens, E experts, inputs of d, weight matrices d×hs[m].
+        db, hb: weight blocks d_b×h_b (d_b·h_b ≤ N).
+        pack: merge levels P (2^P product ciphertexts per returned one; 0: none).
+        w_bits: public bound, |W| < 2^(w_bits−1).
+        level: primes in the client's ciphertexts; beta: flooding bits.
+        eval_level: primes at which the products are relinearized, packed and flooded
+            (≤ level: switched down first where the noise allows; key switches cost less).
     """
 
+    params: str
+    n: int
     t: int
     e: int
-    token: MatmulPlan
-
-    @property
-    def params(self) -> str:
-        return self.token.params
-
-    @property
-    def n(self) -> int:
-        return self.token.n
-
-    @property
-    def level(self) -> int:
-        return self.token.level
+    d: int
+    hs: tuple[int, ...]
+    db: int
+    hb: int
+    pack: int
+    w_bits: int
+    level: int
+    beta: int
+    eval_level: int
 
     @property
     def lam(self) -> int:
         """Expansion levels λ = ⌈log2(T·E)⌉ (at least 1)."""
-        return max(1, (self.t * self.e - 1).bit_length())
+        return max(1, _ceil_log2(self.t * self.e))
+
+    @property
+    def nb(self) -> int:
+        return -(-self.d // self.db)
+
+    def nc(self, m: int) -> int:
+        return -(-self.hs[m] // self.hb)
 
     @property
     def n_x(self) -> int:
-        return self.t * self.token.n_in
+        """Input ciphertexts (one per token and block)."""
+        return self.t * self.nb
+
+    @property
+    def n_prod(self) -> int:
+        """Product ciphertexts, before packing."""
+        return self.t * sum(self.nc(m) for m in range(len(self.hs)))
 
     @property
     def n_out(self) -> int:
-        return self.t * self.token.n_out
+        """Returned ciphertexts."""
+        return -(-self.n_prod // (1 << self.pack))
+
+    @property
+    def n_positions(self) -> int:
+        return self.t * sum(self.hs)
+
+    @property
+    def galois_elements(self) -> tuple[int, ...]:
+        """Automorphisms X ↦ X^(N/2^j + 1) used, j < max(λ, P)."""
+        return tuple(self.n // (1 << j) + 1 for j in range(max(self.lam, self.pack)))
+
+    def products(self) -> Iterator[tuple[int, int, int, int]]:
+        """(m, c, k, hc) of each product ciphertext in packing order: block-major, tokens
+        inner (the order the server produces them)."""
+        for m, h in enumerate(self.hs):
+            for c in range(self.nc(m)):
+                for k in range(self.t):
+                    yield m, c, k, min(self.hb, h - c * self.hb)
+
+    def groups(self) -> list[list[tuple[int, int, int, np.ndarray]]]:
+        """Per returned ciphertext, its members (m, c, k, coefficients of the hc outputs)."""
+        out: list[list] = [[] for _ in range(self.n_out)]
+        for i, (m, c, k, hc) in enumerate(self.products()):
+            g, r = divmod(i, 1 << self.pack)
+            out[g].append((m, c, k, np.arange(hc) * self.db + _rev(r, self.pack)))
+        return out
+
+    @cached_property
+    def ret_bits(self) -> ReturnBits:
+        """Bits sent per returned c1 and c0 coefficient."""
+        params = params_for(self.params)
+        return plan_return_bits(
+            params, self.beta, self.eval_level, self.n_out * self.n, self.n_positions
+        )
 
     def wire(self) -> list[int]:
-        return [self.t, self.e, *self.token.wire()]
+        """The plan as integers (sent by the client, checked by the server)."""
+        return [self.n, self.t, self.e, self.d, len(self.hs), *self.hs, self.db, self.hb,
+                self.pack, self.w_bits, self.level, self.beta, self.eval_level]  # fmt: skip
 
 
-def keyswitch_noise_log2(params: HEParams, level: int) -> float:
-    """log2 bound on SEAL's hybrid key-switching noise at ``level``.
-
-    Σ_i [c]_{q_i}·e_i / P + rounding: ≤ L·N·η·max q_i / P + (N + 1)/2 (worst case).
-    """
-    qmax = max(params.primes[:level])
-    special = params.all_primes[-1]
-    return math.log2(level * params.n * CBD_ETA * qmax / special + (params.n + 1) / 2)
-
-
-def select_noise_log2(params: HEParams, e: int, lam: int, db: int, hb: int, w_bits: int, level):
+def select_noise_log2(
+    params: HEParams,
+    e: int,
+    lam: int,
+    db: int,
+    hb: int,
+    w_bits: int,
+    pack: int = 0,
+    drop: float = 0.0,
+) -> float:
     """log2 of the worst-case noise of one returned coefficient before flooding.
 
     Expanded constants: 2^λ·(η + 2 + B_ks). Selected weights:
     F ≤ E·d_b·h_b·2^(w_bits−1)·(B_t + 1). Tensor with the BGV input (message |x̂| < 2^63, noise
-    2^ℓ·g, |g| ≤ η + 2): F·x̂ + 2^ℓ·F·g ≤ F·2^ℓ·(N·(η + 2) + d_b). Plus relinearization.
+    2^ℓ·g, |g| ≤ η + 2): F·x̂ + 2^ℓ·F·g ≤ F·2^ℓ·(N·(η + 2) + d_b). The packing is exact on
+    this part (the 2^(−P) pre-scaling cancels its trace); what it adds: the relinearization's
+    key-switching noise, multiplied by the trace's 2^P, and each merge's, multiplied by 2^j at
+    depth j (disjoint supports per depth): ≤ 2^(P+1)·B_ks in all. With ``drop`` > 0 bits
+    (the products switched from the input level to a level log2 q smaller by ``drop`` before
+    relinearizing): the tensor's part scaled by 2^(−drop), plus the switch's rounding of the two
+    accumulators, |δ| ≤ 1 per coefficient: ≤ 1 + N for A = (a0, a1) and N + N² for s·B
+    (‖s²‖₁ ≤ N²), (N + 1)² in all.
     """
-    ks = 2.0 ** keyswitch_noise_log2(params, level)
+    ks = 2.0 ** params.keyswitch_noise_bits()
     bt = 2.0**lam * (CBD_ETA + 2 + ks)
     f = e * db * hb * 2.0 ** (w_bits - 1) * (bt + 1)
-    total = f * 2.0**params.plain_bits * (params.n * (CBD_ETA + 2) + db) + ks
-    return math.log2(total)
+    main = f * 2.0**params.plain_bits * (params.n * (CBD_ETA + 2) + db)
+    switch = main * 2.0**-drop + (params.n + 1) ** 2 if drop > 0 else main
+    return math.log2(switch + 2.0 ** (pack + 1) * ks)
+
+
+def _merges(count: int, pack: int) -> int:
+    """Automorphisms of packing ``count`` product ciphertexts 2^pack at a time."""
+    total = 0
+    for lo in range(0, count, 1 << pack):
+        n = min(1 << pack, count - lo)
+        total += sum(-(-n // (1 << h)) for h in range(1, pack + 1))
+    return total
 
 
 def plan_select(
@@ -179,50 +284,53 @@ def plan_select(
     w_bits: int = 16,
     union_bits: int = FLOOD_UNION_BITS,
 ) -> SelectPlan:
-    """The block sizes (d_b, h_b, d_b·h_b ≤ N) minimizing the bytes on the wire (flooding for
-    2^κ returned coefficients per key, κ = ``union_bits``)."""
+    """The blocks (d_b, h_b, d_b·h_b ≤ N) and packing levels P minimizing the bytes on the wire
+    plus :data:`KEY_SWITCH_BYTES` per key switch of the server (flooding for 2^κ returned
+    coefficients per key, κ = ``union_bits``)."""
     hs = tuple(int(h) for h in hs)
-    if min(t, e, d, *hs) < 1 or t * e > params.n:
+    if not hs or min(t, e, d, *hs) < 1 or t * e > params.n:
         raise ValueError("selection shapes must be positive with T·E ≤ N")
     n = params.n
-    lam = max(1, (t * e - 1).bit_length())
+    lam = max(1, _ceil_log2(t * e))
     hmax = max(hs)
     best = None
     for db in block_candidates(d, n):
         cap = min(hmax, n // db)
         hb = -(-hmax // -(-hmax // cap))
-        level = None
-        for lv in range(params.out_primes, len(params.primes) + 1):
-            try:
-                bound = select_noise_log2(params, e, lam, db, hb, w_bits, lv)
-                noise = plan_noise(params, bound, union_bits=union_bits)
-            except ValueError:
-                continue
-            if noise.level <= lv:
-                level = lv
-                break
-        if level is None:
-            continue
         nb = -(-d // db)
-        n_out = t * sum(-(-h // hb) for h in hs)
+        n_prod = t * sum(-(-h // hb) for h in hs)
+        pack = min(_valuation2(db), params.pack_log, _ceil_log2(n_prod))
+        try:
+            bound = select_noise_log2(params, e, lam, db, hb, w_bits, pack)
+            noise = plan_noise(params, bound, union_bits=union_bits)
+        except ValueError:
+            continue
+        level = noise.level
+        for ev_level in range(params.out_primes, level + 1):  # the lowest that still floods
+            drop = level_bits(params, level) - level_bits(params, ev_level)
+            bound = select_noise_log2(params, e, lam, db, hb, w_bits, pack, drop)
+            low = plan_noise(params, bound, union_bits=union_bits)
+            if low.level <= ev_level:
+                break
+        n_out = -(-n_prod // (1 << pack))
         in_bytes = n * sum(params.byte_widths[:level])
-        bits = plan_return_bits(params, noise.beta, level, n_out * n, t * sum(hs))
+        bits = plan_return_bits(params, low.beta, ev_level, n_out * n, t * sum(hs))
         cost = (1 + t * nb) * in_bytes + ret_bytes(bits, n_out, n, t * sum(hs))
-        key = (cost, nb * n_out)
+        switches = n_prod + _merges(n_prod, pack)
+        key = (cost + KEY_SWITCH_BYTES * switches, nb * n_prod)
         if best is None or key < best[0]:
-            best = (key, db, hb, level, noise.beta)
+            best = (key, db, hb, pack, level, low.beta, ev_level)
     if best is None:
         raise ValueError(f"{params.name}: no packing fits the selection noise (E={e})")
-    _k, db, hb, level, beta = best
-    token = MatmulPlan(params.name, n, 1, d, hs, 1, db, hb, w_bits, level, beta)
-    return SelectPlan(t, e, token)
+    _k, db, hb, pack, level, beta, ev_level = best
+    return SelectPlan(params.name, n, t, e, d, hs, db, hb, pack, w_bits, level, beta, ev_level)
 
 
 @dataclass
 class SelectWeights:
-    """The server's expert weights in the per-token layout: ``polys[j][m]`` is (nb, nc, N).
+    """The server's expert weights in the selection layout: ``polys[j][m]`` is (nb, nc, N).
 
-    As in :class:`~secmoe.protocols.he_linear.EncodedWeights`, zero blocks cost the same work
+    As in :class:`~secmoe.protocols.he_common.EncodedWeights`, zero blocks cost the same work
     as any other unless ``skip_zero_blocks`` (an operator option that LEAKS, through the
     server's timing, which blocks of the experts' weights are zero).
     """
@@ -232,25 +340,35 @@ class SelectWeights:
     skip_zero_blocks: bool = False
 
 
+def _layout_w(w: np.ndarray, plan: SelectPlan, m: int) -> np.ndarray:
+    """Weight polynomials (nb, nc, N): ŵ[l·d_b + j] = W[b·d_b + j, c·h_b + l]."""
+    db, hb, nb, nc = plan.db, plan.hb, plan.nb, plan.nc(m)
+    wp = np.zeros((nb * db, nc * hb), dtype=np.int64)
+    wp[: plan.d, : plan.hs[m]] = w
+    blocks = wp.reshape(nb, db, nc, hb).transpose(0, 2, 3, 1)  # [b, c, l, j]
+    polys = np.zeros((nb, nc, plan.n), dtype=np.int64)
+    polys[..., : hb * db] = blocks.reshape(nb, nc, hb * db)
+    return polys
+
+
 def encode_select_weights(
     weights: Sequence[Sequence[np.ndarray]], plan: SelectPlan, *, skip_zero_blocks: bool = False
 ) -> SelectWeights:
     """Lay out ``weights[j][m]`` (expert j, matrix m, d×h_m signed) for ``plan`` (setup)."""
-    tok = plan.token
     if len(weights) != plan.e:
         raise ValueError(f"plan has {plan.e} experts, got {len(weights)}")
     polys = []
     for ws in weights:
-        if len(ws) != len(tok.hs):
-            raise ValueError(f"each expert needs {len(tok.hs)} matrices")
+        if len(ws) != len(plan.hs):
+            raise ValueError(f"each expert needs {len(plan.hs)} matrices")
         row = []
         for m, w in enumerate(ws):
             w = np.asarray(w, dtype=np.int64)
-            if w.shape != (tok.d, tok.hs[m]):
-                raise ValueError(f"weight shape {w.shape}, expected {(tok.d, tok.hs[m])}")
-            if w.size and int(np.abs(w).max()) >= 1 << (tok.w_bits - 1):
-                raise ValueError(f"weights exceed the public bound 2^{tok.w_bits - 1}")
-            row.append(layout_w(w, tok, m))
+            if w.shape != (plan.d, plan.hs[m]):
+                raise ValueError(f"weight shape {w.shape}, expected {(plan.d, plan.hs[m])}")
+            if w.size and int(np.abs(w).max()) >= 1 << (plan.w_bits - 1):
+                raise ValueError(f"weights exceed the public bound 2^{plan.w_bits - 1}")
+            row.append(_layout_w(w, plan, m))
         polys.append(row)
     return SelectWeights(plan, polys, skip_zero_blocks)
 
@@ -265,7 +383,16 @@ def _onehot_poly(t_sh: np.ndarray, plan: SelectPlan) -> np.ndarray:
 
 
 def _x_polys(x: np.ndarray, plan: SelectPlan) -> np.ndarray:
-    return np.concatenate([layout_x(x[k : k + 1], plan.token) for k in range(plan.t)])
+    """Input polynomials (T·nb, N), index k·nb + b: x̂ = Σ_j X[k, b·d_b + j]·X^(−j)."""
+    db = plan.db
+    xp = np.zeros((plan.t, plan.nb * db), dtype=U64)
+    xp[:, : plan.d] = x
+    blocks = xp.reshape(plan.n_x, db)
+    polys = np.zeros((plan.n_x, plan.n), dtype=U64)
+    polys[:, 0] = blocks[:, 0]
+    if db > 1:  # X^(−j) = −X^(N−j)
+        polys[:, plan.n - db + 1 :] = (U64(0) - blocks[:, 1:])[:, ::-1]
+    return polys
 
 
 def step_client_encrypt(he: ClientHE, t_c: np.ndarray, x_c: np.ndarray, plan: SelectPlan, prg):
@@ -275,6 +402,13 @@ def step_client_encrypt(he: ClientHE, t_c: np.ndarray, x_c: np.ndarray, plan: Se
     seed_t, c0_t = sk.encrypt(_onehot_poly(t_c, plan), prg, scale_bits=bits, level=lv)
     seed_x, c0_x = sk.encrypt(_x_polys(x_c, plan), prg, encoding="bgv", level=lv)
     return seed_t, pack_fresh(he.ctx, c0_t, lv), seed_x, pack_fresh(he.ctx, c0_x, lv)
+
+
+def _check_galois(he: ServerHE, plan: SelectPlan) -> None:
+    levels = max(plan.lam, plan.pack)
+    for j in range(levels):
+        if he.ctx.n // (1 << j) + 1 not in he.galois_elements:
+            raise HEError(f"missing Galois key for element {he.ctx.n // (1 << j) + 1}")
 
 
 def _children(he: ServerHE, c, j: int, mono_pt, odd: bool, last: bool) -> tuple:
@@ -298,11 +432,9 @@ def _children(he: ServerHE, c, j: int, mono_pt, odd: bool, last: bool) -> tuple:
 
 
 def _monomials(he: ServerHE, plan: SelectPlan) -> list[sealapi.Plaintext]:
-    """X^(−2^j) = −X^(N−2^j) as NTT plaintexts, j < λ (checking the Galois keys)."""
+    """X^(−2^j) = −X^(N−2^j) as NTT plaintexts, j < λ."""
     n, out = he.ctx.n, []
     for j in range(plan.lam):
-        if n // (1 << j) + 1 not in he.galois_elements:
-            raise HEError(f"missing Galois key for element {n // (1 << j) + 1}")
         mono = np.zeros(n, dtype=np.int64)
         mono[n - (1 << j)] = -1
         out.append(he.ctx.plain_small(mono, plan.level))
@@ -374,6 +506,84 @@ def _select(ctx, weights: SelectWeights, leaves, blocks, tmp, keep: bool) -> tup
     return wsel, first
 
 
+class _PackTree:
+    """Step 5, streamed: product ciphertexts (coefficient form, or None for zero) arrive in
+    packing order; every 2^P of them leave as one merged ciphertext. Holds ≤ P + 1 of them."""
+
+    def __init__(self, he: ServerHE, pack: int) -> None:
+        self.he, self.pack = he, pack
+        self.stack: list[tuple[int, sealapi.Ciphertext | None]] = []  # (height, ct)
+        self.monos = [he.ctx.plain_monomial(1 << j) for j in range(pack)]  # X^(2^j)
+
+    def _merge(self, a, b, height: int):
+        """(A + X^(2^j)·B) + σ_j(A − X^(2^j)·B), j = P − 1 − height (None is zero)."""
+        ctx = self.he.ctx
+        ev, j = ctx.evaluator, self.pack - 1 - height
+        g = ctx.n // (1 << j) + 1
+        if b is None:
+            if a is not None:
+                sig = sealapi.Ciphertext(ctx.seal)
+                ev.apply_galois(a, g, self.he.galois, sig)
+                ev.add_inplace(a, sig)
+            return a
+        xb = sealapi.Ciphertext(ctx.seal)
+        ev.multiply_plain(b, self.monos[j], xb)
+        diff = sealapi.Ciphertext(ctx.seal)
+        if a is None:
+            ev.negate(xb, diff)
+            a = xb
+        else:
+            ev.sub(a, xb, diff)
+            ev.add_inplace(a, xb)
+        ev.apply_galois_inplace(diff, g, self.he.galois)
+        ev.add_inplace(a, diff)
+        return a
+
+    def push(self, ct) -> Iterator:
+        """Add the next product ciphertext; yields a merged one when 2^P are in."""
+        node = (0, ct)
+        while self.stack and self.stack[-1][0] == node[0]:
+            h, left = self.stack.pop()
+            node = (h + 1, self._merge(left, node[1], h))
+        if node[0] == self.pack:
+            yield node[1]
+        else:
+            self.stack.append(node)
+
+    def close(self) -> Iterator:
+        """Complete the last group: a member past the end is no ciphertext, and merging with
+        it is just 2A (its slots, left with garbage, are not returned)."""
+        while self.stack:
+            h, ct = self.stack.pop()
+            if ct is not None:
+                self.he.ctx.evaluator.add_inplace(ct, ct)
+            node = (h + 1, ct)
+            while self.stack and self.stack[-1][0] == node[0]:
+                h2, left = self.stack.pop()
+                node = (h2 + 1, self._merge(left, node[1], h2))
+            if node[0] == self.pack:
+                yield node[1]
+            else:
+                self.stack.append(node)
+
+
+def _inverse_pow2(ctx: HEContext, pack: int, level: int) -> sealapi.Plaintext:
+    """The constant 2^(−P) mod q at ``level`` as an NTT plaintext (the packing's pre-scaling)."""
+    inv = [pow(2, -pack, q) for q in ctx.primes[:level]]
+    return ctx.plain_from_ntt(np.array(inv, dtype=U64)[:, None].repeat(ctx.n, 1))
+
+
+def _scatter(plan: SelectPlan, groups: list, vals: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """One T×h_m array per matrix from the values at each returned ciphertext's positions."""
+    shares = [np.zeros((plan.t, h), dtype=U64) for h in plan.hs]
+    for members, v in zip(groups, vals, strict=True):
+        off = 0
+        for m, c, k, pos in members:
+            shares[m][k, c * plan.hb : c * plan.hb + len(pos)] = v[off : off + len(pos)]
+            off += len(pos)
+    return shares
+
+
 def step_server_eval(
     he: ServerHE,
     weights: SelectWeights,
@@ -389,10 +599,11 @@ def step_server_eval(
     expanded constant is used at once, so the T·E ciphertexts never coexist.
     """
     ctx, ev = he.ctx, he.ctx.evaluator
-    plan, tok = weights.plan, weights.plan.token
+    plan = weights.plan
     lv, primes, n = plan.level, ctx.primes[: plan.level], ctx.n
-    nb, t, e = tok.nb, plan.t, plan.e
-    outs = [(m, c) for m in range(len(tok.hs)) for c in range(tok.nc(m))]
+    nb, t, e = plan.nb, plan.t, plan.e
+    _check_galois(he, plan)
+    outs = [(m, c) for m in range(len(plan.hs)) for c in range(plan.nc(m))]
     fused = (e + t) * nb * len(outs) < t * e
     times: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -411,14 +622,22 @@ def step_server_eval(
     c0_x = unpack_fresh(ctx, msg["c0_x"], plan.n_x, lv)
     xs = np.moveaxis(centered_to_rns(_x_polys(x_s, plan), primes), 0, 1)
     c0_x = add_rns(c0_x, ctx.ntt(xs), primes)
-    a_x = expand_a(bytes(msg["seed_x"]), plan.n_x, primes, n)
     x0 = [ctx.plain_from_ntt(c0_x[i]) for i in range(plan.n_x)]
-    x1 = [ctx.plain_from_ntt(a_x[i]) for i in range(plan.n_x)]
-    packer = ReturnPacker(ctx, he.pk, tok.beta)
-    results: dict[tuple[int, int, int], tuple] = {}
+    x1 = [ctx.plain_from_ntt(a) for a in expand_a(bytes(msg["seed_x"]), plan.n_x, primes, n)]
+    scale, low = _inverse_pow2(ctx, plan.pack, plan.eval_level), ctx.pid[plan.eval_level]
+    packer = ReturnPacker(ctx, he.pk, plan.beta)
+    tree = _PackTree(he, plan.pack)
+    returned: list[tuple] = []
     tmp = sealapi.Ciphertext(ctx.seal)
     discarded = None
-    t_sel = t_ten = t_fin = 0.0
+    t_sel = t_ten = t_pack = 0.0
+    groups = plan.groups()
+
+    def finish(ct) -> None:
+        members = groups[len(returned)]
+        positions = np.concatenate([p for *_, p in members])
+        returned.append(packer.finish(ct, positions, prg, plan.eval_level))
+
     if fused:  # expansion and selection for every block at once
         s0 = time.perf_counter()
         blocks = [(m, c, b) for m, c in outs for b in range(nb)]
@@ -447,33 +666,48 @@ def step_server_eval(
             t_sel += s1 - s0
             t_ten += time.perf_counter() - s1
         s2 = time.perf_counter()
-        hc = min(tok.hb, tok.hs[m] - c * tok.hb)
-        pos = tok.positions(1, hc)
         for k in range(t):
             ct = None
-            if acc_a[k] is not None:  # (a0, a1, 0) + (0, b0, b1), in SEAL but for B
-                ct, cb = acc_a[k], ctx.export_ct(acc_b[k])
+            if acc_a[k] is not None:
+                ct, cb = acc_a[k], acc_b[k]
+                if plan.eval_level < lv:  # down to the evaluation level (NTT form again)
+                    for c in (ct, cb):
+                        ev.transform_from_ntt_inplace(c)
+                        ev.mod_switch_to_inplace(c, low)
+                        ev.transform_to_ntt_inplace(c)
+                cb = ctx.export_ct(cb)  # (a0, a1, 0) + (0, b0, b1), in SEAL but for B
                 ct.resize(3)
                 ev.add_inplace(
                     ct, ctx.import_ct(np.concatenate([np.zeros_like(cb[:1]), cb]), ntt=True)
                 )
+                ev.multiply_plain_inplace(ct, scale)  # × 2^(−P), cancelled by the packing
                 ev.transform_from_ntt_inplace(ct)
                 ev.relinearize_inplace(ct, he.relin)
-            results[(k, m, c)] = packer.finish(ct, pos, prg, lv)
-        t_fin += time.perf_counter() - s2
-    times.update(select=t_sel, tensor=t_ten, finish=t_fin)
-    # Output order: token-major, then the token plan's (m, c) order.
-    shares = [np.zeros((t, h), dtype=U64) for h in tok.hs]
-    c1s, c0s = [], []
-    for k in range(t):
-        for m, _r, c, _tr, hc in tok.outputs():
-            rmask, c1, c0p = results[(k, m, c)]
-            c1s.append(c1)
-            c0s.append(c0p)
-            shares[m][k, c * tok.hb : c * tok.hb + hc] = U64(0) - rmask
-    c1b, c0b = pack_results(he, tok, np.stack(c1s), np.concatenate(c0s, axis=1))
+            acc_a[k] = acc_b[k] = None
+            for packed in tree.push(ct):
+                finish(packed)
+        t_pack += time.perf_counter() - s2
+    s2 = time.perf_counter()
+    for packed in tree.close():
+        finish(packed)
+    t_pack += time.perf_counter() - s2
+    times.update(select=t_sel, tensor=t_ten, finish=t_pack)
+    shares = _scatter(plan, groups, [U64(0) - r[0] for r in returned])
+    c1 = np.stack([r[1] for r in returned])
+    c0 = np.concatenate([r[2] for r in returned], axis=1)
+    c1b, c0b = pack_returned(ctx, c1, c0, plan.ret_bits)
     times["server_total"] = time.perf_counter() - t0
     return shares, c1b, c0b, times
+
+
+def step_client_decrypt(he: ClientHE, plan: SelectPlan, c1b, c0b) -> list[np.ndarray]:
+    """The client's shares x_k·W_{r_k},m + R (one T×h_m array per matrix)."""
+    c1, c0 = unpack_returned(he.ctx, c1b, c0b, plan.ret_bits, plan.n_out, plan.n_positions)
+    groups = plan.groups()
+    positions = [np.concatenate([p for *_, p in members]) for members in groups]
+    splits = np.cumsum([len(p) for p in positions])[:-1]
+    vals = he.sk.decrypt_returned(c1, np.split(c0, splits, axis=1), positions)
+    return _scatter(plan, groups, vals)
 
 
 # --- the protocol ---------------------------------------------------------------------------
@@ -482,10 +716,10 @@ def step_server_eval(
 def _check_inputs(t_sh, x_sh, plan: SelectPlan, ring: Ring):
     t_sh = ring.reduce(np.asarray(t_sh, dtype=U64))
     x_sh = ring.reduce(np.asarray(x_sh, dtype=U64))
-    if t_sh.shape != (plan.t, plan.e) or x_sh.shape != (plan.t, plan.token.d):
+    if t_sh.shape != (plan.t, plan.e) or x_sh.shape != (plan.t, plan.d):
         raise ValueError(
             f"one-hot {t_sh.shape} and input {x_sh.shape} do not match the plan "
-            f"{(plan.t, plan.e)}, {(plan.t, plan.token.d)}"
+            f"{(plan.t, plan.e)}, {(plan.t, plan.d)}"
         )
     return t_sh, x_sh
 
@@ -506,10 +740,8 @@ async def select_client(
     msg = {"plan": plan.wire(), "seed_t": st, "c0_t": ct_, "seed_x": sx, "c0_x": cx}
     await ch.send(msg, tag="he/sel/x")
     reply = await ch.recv(tag="he/sel/y")
-    per_tok = await asyncio.to_thread(
-        step_client_decrypt, he, plan.token, reply["c1"], reply["c0"], plan.t
-    )
-    return [ring.reduce(np.concatenate([p[m] for p in per_tok])) for m in range(len(plan.token.hs))]
+    shares = await asyncio.to_thread(step_client_decrypt, he, plan, reply["c1"], reply["c0"])
+    return [ring.reduce(s) for s in shares]
 
 
 async def select_server(
@@ -565,6 +797,7 @@ def select_cost(plan: SelectPlan) -> dict[str, int]:
     """Declared online cost: payload bytes each direction (exact), rounds, messages."""
     params = params_for(plan.params)
     w_in = plan.n * sum(params.byte_widths[: plan.level])
+    bits = plan.ret_bits
     c2s = {
         "plan": plan.wire(),
         "seed_t": bytes(16),
@@ -572,7 +805,10 @@ def select_cost(plan: SelectPlan) -> dict[str, int]:
         "seed_x": bytes(16),
         "c0_x": np.zeros((plan.n_x, w_in), dtype=np.uint8),
     }
-    s2c = returned_shapes(plan.token, plan.t)
+    s2c = {
+        "c1": np.zeros((plan.n_out, -(-plan.n * bits.bits_c1 // 8)), dtype=np.uint8),
+        "c0": np.zeros(-(-plan.n_positions * bits.bits_c0 // 8), dtype=np.uint8),
+    }
     return {
         "bytes_c2s": encoded_size(c2s),
         "bytes_s2c": encoded_size(s2c),
@@ -584,12 +820,10 @@ def select_cost(plan: SelectPlan) -> dict[str, int]:
 async def setup_select_client(ch: Channel, prg: PRG, plan: SelectPlan) -> ClientHE:
     """HE setup with the keys encrypted selection needs (public, relinearization, Galois)."""
     params = params_for(plan.params)
-    galois = expansion_galois_elements(params.n, plan.t * plan.e)
-    return await setup_client(ch, prg, params, relin=True, galois=galois)
+    return await setup_client(ch, prg, params, relin=True, galois=plan.galois_elements)
 
 
 async def setup_select_server(ch: Channel, plan: SelectPlan) -> ServerHE:
     """Server side of :func:`setup_select_client`."""
     params = params_for(plan.params)
-    galois = expansion_galois_elements(params.n, plan.t * plan.e)
-    return await setup_server(ch, params, relin=True, galois=galois)
+    return await setup_server(ch, params, relin=True, galois=plan.galois_elements)

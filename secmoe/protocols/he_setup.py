@@ -10,8 +10,11 @@
 
 Cost (``setup`` phase, one round trip): the public key is N·Σbytes(q_i) + 16 bytes (c1 is a
 seed); relinearization and Galois keys are SEAL's seeded serialization (about half their
-in-memory size). A parameter mismatch raises :class:`~secmoe.crypto.he.HEError` on both sides,
-naming both parameter sets.
+in-memory size). By default the client also sends the Galois keys with which the server packs
+the products it returns (:func:`packing_galois_elements`: 10 keys, 1.06 MB each at ``HE_8K``
+= 10.6 MB; 6.65 MB each at ``HE_16K`` = 66.5 MB, shared with encrypted selection's expansion
+keys, the same automorphisms). A parameter mismatch raises
+:class:`~secmoe.crypto.he.HEError` on both sides, naming both parameter sets.
 
 Who learns what: the server learns the public key and evaluation keys (RLWE samples under the
 client's secret, 128-bit secure by the HE standard); the client learns nothing.
@@ -43,6 +46,7 @@ __all__ = [
     "ClientHE",
     "ServerHE",
     "expansion_galois_elements",
+    "packing_galois_elements",
     "setup_client",
     "setup_server",
 ]
@@ -81,6 +85,17 @@ def expansion_galois_elements(n: int, items: int) -> tuple[int, ...]:
     return tuple(n // (1 << j) + 1 for j in range(levels))
 
 
+def packing_galois_elements(params: HEParams) -> tuple[int, ...]:
+    """Galois elements 2N/S + 1 (S = 2, 4, …, 2^pack_log) with which the server packs the
+    products it returns (:class:`~secmoe.protocols.he_common.ProductPacker`); the same family
+    as :func:`expansion_galois_elements`, so keys for one serve the other."""
+    return tuple(params.n // (1 << j) + 1 for j in range(params.pack_log))
+
+
+def _elements(params: HEParams, galois: Sequence[int], pack: bool) -> list[int]:
+    return sorted({int(g) for g in galois} | set(packing_galois_elements(params) if pack else ()))
+
+
 def _describe(params: HEParams, relin: bool, galois: Sequence[int]) -> dict:
     return {"params": params.describe(), "relin": bool(relin), "galois": [int(g) for g in galois]}
 
@@ -92,6 +107,7 @@ async def setup_client(
     *,
     relin: bool = False,
     galois: Sequence[int] = (),
+    pack: bool = True,
 ) -> ClientHE:
     """Client side of HE setup (``setup`` phase): generate keys, send the public material.
 
@@ -101,7 +117,10 @@ async def setup_client(
         params: the parameter set; the server must use the same.
         relin: also send relinearization keys (encrypted selection needs them).
         galois: Galois elements to send keys for (see :func:`expansion_galois_elements`).
+        pack: also send the keys of :func:`packing_galois_elements` (the server packs the
+            products it returns; plans assume them).
     """
+    galois = _elements(params, galois, pack)
     with ch.phase("setup"):
 
         def work() -> tuple[ClientHE, dict]:
@@ -129,8 +148,10 @@ async def setup_server(
     *,
     relin: bool = False,
     galois: Sequence[int] = (),
+    pack: bool = True,
 ) -> ServerHE:
     """Server side of HE setup: check the client's parameters, load its public material."""
+    galois = _elements(params, galois, pack)
     with ch.phase("setup"):
         msg = await ch.recv(tag="he/setup/keys")
         want = _describe(params, relin, galois)

@@ -39,7 +39,7 @@ def make_case(t, d, hs, w_bits=16, seed=b"case-data-000000"):
     return x_c, x_s, ws
 
 
-def two_party(plan, x_c, x_s, ws, *, ring=None, calls=1, params=HE_8K, cache="auto"):
+def two_party(plan, x_c, x_s, ws, *, ring=None, calls=1, params=HE_8K, cache="auto", skip=False):
     """Client and server bodies: setup, encode once, ``calls`` products, stats deltas."""
     kw = {} if ring is None else {"ring": ring}
 
@@ -57,7 +57,7 @@ def two_party(plan, x_c, x_s, ws, *, ring=None, calls=1, params=HE_8K, cache="au
     async def server(ch):
         prg = PRG(SEEDS["server"])
         he = await setup_server(ch, params)
-        enc = encode_weights(he.ctx, ws, plan, cache=cache)
+        enc = encode_weights(he.ctx, ws, plan, cache=cache, skip_zero_blocks=skip)
         await ch.send(None, tag="test/ready")
         outs = []
         for _ in range(calls):
@@ -194,6 +194,128 @@ def test_planner_reaches_the_bert_base_ffn_budget():
     assert plan.tb * plan.db * plan.hb <= HE_8K.n
 
 
+def test_small_batches_pack_their_products_and_large_ones_send_no_more():
+    """At T = 8 the returned ciphertexts are packed (far fewer than products, with the Galois
+    keys setup sends); at T = 128 the bytes stay below the unpacked optimum (49.23 MB)."""
+    from secmoe.protocols.he_setup import packing_galois_elements
+
+    for d, h in ((768, 768), (768, 3072), (3072, 768)):
+        plan = plan_matmul(8, d, (h,), HE_8K, w_bits=24)
+        assert plan.pack >= 4 and plan.n_out * 16 <= plan.n_leaves
+        assert set(plan.galois_elements()) <= set(packing_galois_elements(HE_8K))
+        assert sum(plan.ct_bytes()) < 2.7e6
+    big = matmul_cost(plan_matmul(128, 768, (3072,), HE_8K))
+    assert big["bytes_c2s"] + big["bytes_s2c"] <= 49.23e6
+
+
+async def test_packed_products_with_zero_and_missing_members_are_exact():
+    """Packing with a product that has no terms (its weight blocks skipped as zero) and a
+    last group with fewer members than 2^pack: still exact, and the cost as declared."""
+    x_c, x_s, ws = make_case(5, 33, (129, 17))
+    plan = plan_matmul(5, 33, (129, 17), HE_8K)
+    assert plan.pack >= 2 and plan.n_leaves % (1 << plan.pack)
+    ws[0][:, plan.hb : 2 * plan.hb] = 0  # the products of column block 1 have no terms
+    ws[1][:] = 0
+    (outs, deltas), souts = await run_local(*two_party(plan, x_c, x_s, ws, skip=True), timeout=60)
+    for yc, ys, ref in zip(outs[0], souts[0], ideal_matmul(x_c, x_s, ws), strict=True):
+        assert np.array_equal(yc + ys, ref)
+    cost = matmul_cost(plan)
+    assert (deltas[0].bytes_c2s, deltas[0].bytes_s2c) == (cost["bytes_c2s"], cost["bytes_s2c"])
+
+
+async def test_packed_products_decrypt_exactly_at_the_flood_extreme(monkeypatch):
+    """Weights at the public bound, every flooded coefficient at −2^β instead of uniform, the
+    deepest packing the plan allows: decryption is still exact, so β (which covers the key
+    switches' noise, :func:`~secmoe.protocols.he_common.noise_log2_bound`) fits the level."""
+    from secmoe.crypto.he_params import plan_noise
+    from secmoe.protocols.he_common import noise_log2_bound
+
+    def extreme(_prg, b, ps, n):
+        return np.stack([np.full(n, (-(1 << b)) % q, dtype=U64) for q in ps])
+
+    monkeypatch.setattr("secmoe.crypto.he.sample_flood_rns", extreme)
+    t, d, h = 4, 256, 256
+    x_c, x_s, ws = make_case(t, d, (h,), w_bits=24)
+    ws[0][:] = np.where(ws[0] < 0, -(2**23 - 1), 2**23 - 1)
+    plan = plan_matmul(t, d, (h,), HE_8K, w_bits=24)
+    assert plan.pack >= 3
+    bound = noise_log2_bound(plan.nb, plan.db, plan.hb, 24, HE_8K, plan.pack)
+    assert bound > noise_log2_bound(plan.nb, plan.db, plan.hb, 24)
+    assert plan.beta == plan_noise(HE_8K, bound).beta
+    (outs, _), souts = await run_local(*two_party(plan, x_c, x_s, ws), timeout=60)
+    assert np.array_equal(outs[0][0] + souts[0][0], ideal_matmul(x_c, x_s, ws)[0])
+
+
+async def test_packing_without_its_galois_keys_is_a_clear_error():
+    x_c, x_s, ws = make_case(4, 64, (96,))
+    plan = plan_matmul(4, 64, (96,), HE_8K)
+    assert plan.pack > 0
+
+    async def client(ch):
+        he = await setup_client(ch, PRG(SEEDS["client"]), HE_8K, pack=False)
+        return await matmul_client(ch, he, x_c, plan, PRG(SEEDS["client"]))
+
+    async def server(ch):
+        he = await setup_server(ch, HE_8K, pack=False)
+        enc = encode_weights(he.ctx, ws, plan)
+        return await matmul_server(ch, he, x_s, enc, PRG(SEEDS["server"]))
+
+    with pytest.raises(PartyError, match="packing needs Galois keys"):
+        await run_local(client, server, timeout=60)
+
+
+def test_packed_noise_stays_below_the_bound_the_flood_covers():
+    """White box: the phase of a packed ciphertext (before flooding) at every returned
+    coefficient is Δ·(X·W) of the product :meth:`MatmulPlan.returned_positions` puts there
+    (the 2^pack factor cancelled), plus noise below 2^bound, the bound β is sized from
+    (products by weights at the public bound, and 2^pack − 1 key switches)."""
+    import math
+
+    from secmoe.crypto.he import HEContext, PublicKey, SecretKey, load_galois_keys
+    from secmoe.protocols.he_common import (
+        ProductPacker,
+        _products,
+        noise_log2_bound,
+        step_client_encrypt,
+        step_server_import,
+    )
+    from secmoe.protocols.he_setup import ClientHE, ServerHE, packing_galois_elements
+
+    ctx, prg = HEContext(HE_8K), PRG(b"packed-noise-000")
+    sk = SecretKey.generate(ctx, prg)
+    elements = packing_galois_elements(HE_8K)
+    gk = load_galois_keys(ctx, sk.galois_keys_bytes(elements))
+    server = ServerHE(ctx, PublicKey.from_wire(ctx, *sk.public_key(prg)), None, gk, elements)
+    t, d, h = 4, 256, 256
+    x, _, ws = make_case(t, d, (h,), w_bits=24)
+    ws[0][:] = np.where(ws[0] < 0, -(2**23 - 1), 2**23 - 1)
+    plan = plan_matmul(t, d, (h,), HE_8K, w_bits=24)
+    assert plan.pack >= 3
+    seed, c0 = step_client_encrypt(ClientHE(ctx, sk), [x], plan, prg)
+    (cts,) = step_server_import(server, plan, seed, c0, [None])
+    products = _products(server, encode_weights(ctx, ws, plan), cts)
+    packed = ProductPacker(server, plan).pack(products)  # the first 2^pack products
+    data = ctx.export_ct(packed)
+    primes = ctx.primes[: plan.level]
+    c1s = sk.c1_times_s(data[1][None])[0]
+    phase = np.stack([(data[0, i] + c1s[i]) % U64(p) for i, p in enumerate(primes)])
+    q = math.prod(primes)
+    y = ideal_matmul(x, np.zeros_like(x), ws)[0]
+    size = 1 << plan.pack
+    want = np.concatenate(
+        [y[r * plan.tb : r * plan.tb + tr, c * plan.hb : c * plan.hb + hc].reshape(-1)
+         for _m, r, c, tr, hc in list(plan.outputs())[:size]]
+    )  # fmt: skip
+    worst = 0
+    for pos, m in zip(plan.returned_positions()[0], want, strict=True):
+        v = sum(int(phase[i, pos]) * (q // p) * pow(q // p, -1, p) for i, p in enumerate(primes))
+        e = (v - (q * int(m) + (1 << 63) >> 64)) % q
+        worst = max(worst, min(e, q - e))
+    bound = noise_log2_bound(plan.nb, plan.db, plan.hb, 24, HE_8K, plan.pack)
+    assert 0 < worst <= 2**bound
+    assert noise_log2_bound(plan.nb, plan.db, plan.hb, 24) < bound
+
+
 # --- protocol 2: secret × secret -------------------------------------------------------------
 
 
@@ -245,7 +367,7 @@ def test_small_heads_are_fused_block_diagonally():
     assert plan.group > 1
     assert plan.ct_bytes() < 0.5 * 12 * single.ct_bytes()
     # the blocks skipped as zero by structure are exactly the zero blocks of diag(1, …, 1)
-    from secmoe.protocols.he_linear import layout_w
+    from secmoe.protocols.he_common import layout_w
     from secmoe.protocols.he_secret import _block_diag
 
     g12 = plan_matmul(8, 12 * 64, (12 * 8,), HE_16K, w_bits=64)
@@ -254,129 +376,6 @@ def test_small_heads_are_fused_block_diagonally():
         polys = layout_w(_block_diag(ones), side, 0)
         assert np.array_equal(_diag_zero(side, g), ~polys.any(axis=-1))
     assert _diag_zero(g12, 12).any()
-
-
-# --- protocol 3: encrypted selection --------------------------------------------------------
-
-
-def make_selection(t, e, d, hs, seed=b"selection-case-0"):
-    data = PRG(seed)
-    r = data.below(e, t).astype(np.int64)
-    onehot = np.zeros((t, e), dtype=U64)
-    onehot[np.arange(t), r] = 1
-    t_c = data.ring((t, e))
-    x_c, x_s = data.ring((t, d)), data.ring((t, d))
-    x_c[0, :2] = [2**64 - 1, 2**63]
-    ws = [
-        [data.below(2**16 - 1, (d, h)).astype(np.int64) - (2**15 - 1) for h in hs] for _ in range(e)
-    ]
-    return t_c, onehot - t_c, x_c, x_s, ws, r
-
-
-async def run_selection(plan, case, skip=False):
-    """Both parties of one selection on ``case`` (from :func:`make_selection`): the client's
-    shares and bytes of the selection itself, the server's shares."""
-    from secmoe.protocols.he_select import (
-        encode_select_weights,
-        select_client,
-        select_server,
-        setup_select_client,
-        setup_select_server,
-    )
-
-    t_c, t_s, x_c, x_s, ws, _ = case
-
-    async def client(ch):
-        prg = PRG(SEEDS["client"])
-        he = await setup_select_client(ch, prg, plan)
-        snap = ch.stats.snapshot()
-        out = await select_client(ch, he, t_c, x_c, plan, prg)
-        return out, ch.stats.since(snap)
-
-    async def server(ch):
-        he = await setup_select_server(ch, plan)
-        weights = encode_select_weights(ws, plan, skip_zero_blocks=skip)
-        return await select_server(ch, he, t_s, x_s, weights, PRG(SEEDS["server"]))
-
-    (yc, delta), ys = await run_local(client, server, timeout=60)
-    return yc, delta, ys
-
-
-async def test_encrypted_selection_is_exact_and_bytes_do_not_grow_with_experts():
-    from secmoe.protocols.he_select import ideal_select, plan_select, select_cost
-
-    t, e, d, hs = 3, 3, 9, (7, 4)
-    case = make_selection(t, e, d, hs)
-    t_c, t_s, x_c, x_s, ws, r = case
-    plan = plan_select(t, e, d, hs)
-    yc, delta, ys = await run_selection(plan, case)
-    ideal = ideal_select(t_c, t_s, x_c, x_s, ws)
-    x = x_c + x_s
-    for m in range(len(hs)):
-        assert np.array_equal(yc[m] + ys[m], ideal[m])
-        want = np.stack([x[k] @ ws[r[k]][m].astype(U64) for k in range(t)])
-        assert np.array_equal(ideal[m], want)
-    cost = select_cost(plan)
-    assert (delta.bytes_c2s, delta.bytes_s2c, delta.rounds) == (
-        cost["bytes_c2s"],
-        cost["bytes_s2c"],
-        cost["rounds"],
-    )
-    # the wire carries 1 + T·⌈d/d_b⌉ and T·Σ⌈h/h_b⌉ ciphertexts whatever E is
-    for more in (8, 32):
-        other = plan_select(t, more, d, hs)
-        assert (other.n_x, other.n_out) == (plan.n_x, plan.n_out)
-        if other.level == plan.level:
-            assert select_cost(other)["bytes_c2s"] == cost["bytes_c2s"]
-            assert select_cost(other)["bytes_s2c"] == cost["bytes_s2c"]
-
-
-@pytest.mark.parametrize("skip", [False, True])
-async def test_selection_with_few_blocks_expands_depth_first_and_stays_exact(skip):
-    """Small d (fewer weight blocks than one-hot entries): the depth-first expansion path, with
-    T·E not a power of two, an all-zero expert and a matrix zero in every expert, with and
-    without ``skip_zero_blocks``: still exact, and the bytes are the declared ones."""
-    from secmoe.protocols.he_select import ideal_select, plan_select, select_cost
-
-    t, e, d, hs = 3, 7, 5, (3, 2)
-    t_c, t_s, x_c, x_s, ws, _r = make_selection(t, e, d, hs, seed=b"selection-case-1")
-    ws[2] = [np.zeros_like(w) for w in ws[2]]
-    for w in ws:  # matrix 1: zero in every expert
-        w[1][:] = 0
-    plan = plan_select(t, e, d, hs)
-    blocks = plan.token.nb * sum(plan.token.nc(m) for m in range(len(hs)))
-    assert (e + t) * blocks < t * e  # the fused, depth-first path
-
-    yc, delta, ys = await run_selection(plan, (t_c, t_s, x_c, x_s, ws, _r), skip)
-    for m, want in enumerate(ideal_select(t_c, t_s, x_c, x_s, ws)):
-        assert np.array_equal(yc[m] + ys[m], want)
-    cost = select_cost(plan)
-    assert (delta.bytes_c2s, delta.bytes_s2c) == (cost["bytes_c2s"], cost["bytes_s2c"])
-
-
-async def test_selection_without_evaluation_keys_is_refused():
-    from secmoe.protocols.he_select import (
-        encode_select_weights,
-        plan_select,
-        select_client,
-        select_server,
-    )
-
-    t_c, t_s, x_c, x_s, ws, _ = make_selection(1, 2, 3, (2,))
-    plan = plan_select(1, 2, 3, (2,))
-
-    async def client(ch):
-        prg = PRG(SEEDS["client"])
-        he = await setup_client(ch, prg, HE_16K)
-        return await select_client(ch, he, t_c, x_c, plan, prg)
-
-    async def server(ch):
-        he = await setup_server(ch, HE_16K)
-        weights = encode_select_weights(ws, plan)
-        return await select_server(ch, he, t_s, x_s, weights, PRG(SEEDS["server"]))
-
-    with pytest.raises(PartyError, match="Galois keys"):
-        await run_local(client, server, timeout=60)
 
 
 # --- several weights, one product (attention's q, k, v) ----------------------------------
