@@ -13,7 +13,13 @@ directory in float64 with eager attention:
 * ``experts.npy``: per MoE layer, per token, the selected expert ids (L_moe, B, T, k), largest
   router probability first; ``kept.npy``: whether that assignment was computed (False: dropped
   by Switch's ``expert_capacity``), the same shape;
-* ``input_ids.npy`` (B, T) int64.
+* ``input_ids.npy`` (B, T) int64;
+* causal-LM cases only (:data:`GENERATION`): ``generation_ids.npy`` (1, T_p + 16) int64, a prompt
+  of ``GEN_PROMPT`` tokens followed by the ids ``generate(do_sample=False, max_new_tokens=16)``
+  returns, and ``generation.json`` with the prompt length, the EOS id, and per generated token
+  the float64 logit margin (largest − second largest); the prompt is drawn until no step emits
+  EOS and every margin is at least ``MARGIN`` (the best draw otherwise, its margins recorded);
+  the ids are checked against greedy decoding by full recomputation (no KV cache).
 
 Everything is .npy/.json (``np.load(..., allow_pickle=False)`` reads it); ``manifest.json``
 lists the cases, the versions of transformers and torch, the seed and what each case covers.
@@ -31,7 +37,8 @@ does not change the output) and every output argmax has a margin of at least ``M
 near-tie may legitimately resolve either way in fixed point; that is not what the fixtures
 test); the margins are in the manifest.
 
-Run: ``python scripts/make_hf_fixtures.py [--out tests/fixtures/hf]`` (under a minute on CPU).
+Run: ``python scripts/make_hf_fixtures.py [--out tests/fixtures/hf]`` (under a minute on CPU);
+``--generation-only`` adds the generation files to existing checkpoints without rebuilding them.
 """
 
 from __future__ import annotations
@@ -62,6 +69,14 @@ from transformers import (
 SEED = 20261206
 MARGIN = 0.05  # smallest accepted gap of a router decision or an output argmax
 OUT = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "hf"
+#: Causal-LM cases that get expected greedy generations, the prompt length and new tokens.
+GENERATION = [
+    "mixtral-lm-gqa-swa-untied",
+    "mixtral-lm-tied",
+    "mixtral-lm-fused",
+    "qwen3moe-lm-norm",
+]
+GEN_PROMPT, GEN_NEW, GEN_DRAWS = 8, 16, 200
 
 _SWITCH = dict(
     vocab_size=64,
@@ -425,13 +440,82 @@ def build(name: str, out_dir: Path, case_seed: int) -> dict[str, Any]:
     }
 
 
+def _greedy_margins(model: torch.nn.Module, ids: torch.Tensor, t: int) -> tuple[list[float], bool]:
+    """Per generated position of ``ids`` (after the first t), the float64 logit margin of the
+    greedy choice, recomputing the whole prefix (no cache); and whether each choice is the
+    argmax (greedy decoding without a KV cache agrees with generate())."""
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].double().numpy()
+    margins, agree = [], True
+    for pos in range(t - 1, ids.shape[1] - 1):
+        row = logits[pos]
+        srt = np.sort(row)
+        margins.append(float(srt[-1] - srt[-2]))
+        agree &= int(row.argmax()) == int(ids[0, pos + 1])
+    return margins, agree
+
+
+def add_generation(name: str, out_dir: Path, case_seed: int) -> dict[str, Any]:
+    """Write ``generation_ids.npy`` and ``generation.json`` for one causal-LM case (its
+    checkpoint already written); returns the json."""
+    case = CASES[name]
+    d = out_dir / name
+    model = case.model.from_pretrained(
+        d, dtype=torch.float64, attn_implementation="eager", experts_implementation="eager"
+    ).eval()
+    eos = model.generation_config.eos_token_id
+    rng = np.random.default_rng(case_seed + 1000)  # public test data, not secrets
+    best: tuple[float, np.ndarray, list[float]] | None = None
+    for _ in range(GEN_DRAWS):
+        prompt = torch.from_numpy(
+            rng.integers(0, model.config.vocab_size, size=(1, GEN_PROMPT), dtype=np.int64)
+        )
+        with torch.no_grad():
+            out = model.generate(prompt, do_sample=False, max_new_tokens=GEN_NEW)
+        if out.shape[1] < GEN_PROMPT + GEN_NEW or eos in out[0, GEN_PROMPT:].tolist():
+            continue  # stopped at EOS
+        margins, agree = _greedy_margins(model, out, GEN_PROMPT)
+        assert agree, f"{name}: generate() disagrees with greedy decoding by recomputation"
+        if best is None or min(margins) > best[0]:
+            best = (min(margins), out.numpy(), margins)
+        if best[0] >= MARGIN:
+            break
+    assert best is not None, f"{name}: every prompt emits EOS within {GEN_NEW} tokens"
+    info = {
+        "prompt_tokens": GEN_PROMPT,
+        "max_new_tokens": GEN_NEW,
+        "eos_token_id": eos,
+        "do_sample": False,
+        "logit_margins": best[2],
+        "min_logit_margin": best[0],
+    }
+    np.save(d / "generation_ids.npy", best[1], allow_pickle=False)
+    (d / "generation.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT, help="output directory")
+    ap.add_argument(
+        "--generation-only",
+        action="store_true",
+        help="only (re)write the generation files of the existing causal-LM checkpoints",
+    )
     args = ap.parse_args()
     torch.use_deterministic_algorithms(True)
     args.out.mkdir(parents=True, exist_ok=True)
-    cases = [build(name, args.out, SEED + i) for i, name in enumerate(CASES)]  # append new ones
+    seeds = {name: SEED + i for i, name in enumerate(CASES)}
+    if not args.generation_only:
+        _build_all(args.out)
+    for name in GENERATION:
+        g = add_generation(name, args.out, seeds[name])
+        print(f"{name:28} generation: smallest logit margin {g['min_logit_margin']:.3f}")
+
+
+def _build_all(out: Path) -> None:
+    """Every case's checkpoint, transformers' outputs and the manifest."""
+    cases = [build(name, out, SEED + i) for i, name in enumerate(CASES)]  # append new ones
     manifest = {
         "transformers": transformers.__version__,
         "torch": torch.__version__,
@@ -443,7 +527,7 @@ def main() -> None:
         "attn_implementation": "eager",
         "cases": cases,
     }
-    (args.out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     for c in cases:
         print(
             f"{c['name']:28} {c['checkpoint_bytes'] / 1024:6.0f} KB  dropped {c['dropped']:2}  "

@@ -223,3 +223,16 @@ def test_bench_ot_silent_setup_matches_declared():
     declared = OTPool.setup_cost("silent")
     assert res["setup_bytes"] == declared["bytes_c2s"] + declared["bytes_s2c"]
     assert res["bytes_per_item"] < 1  # the setup made the rows: the draw costs its announcement
+
+
+def test_bench_model_prints_readable_tables_without_json():
+    out = run("bench", "model", "--preset", "digits-moe", "--tokens", "2", "--strategy", "reveal")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("part "))
+    assert header.split()[:4] == ["part", "c2s", "s2c", "rounds"]
+    assert any(line.startswith("group ") for line in lines)
+    rows = [line.split()[0] for line in lines if line.startswith("layer")]
+    assert "layer0/attn" in rows and "layer1/moe/reveal" in rows
+    assert "{'row'" not in out.stdout and "'bytes_c2s'" not in out.stdout  # no raw dicts
+    assert "peak RSS" in out.stdout

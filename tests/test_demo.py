@@ -23,12 +23,16 @@ def test_demo_in_batches_agrees_with_plaintext(tmp_path, capsys):
     assert out["agreement_with_plaintext"] == 1.0
     assert out["max_abs_err_vs_fixed"] < 0.05
     assert out["plaintext_accuracy"] == float(np.mean(ref == labels[:3]))
-    # two sessions: the per-layer table covers both, and so does the transcript
+    # two batches in one session: the per-layer table covers both batches, the setup
+    # (one request in the transcript) is counted once
+    assert out["sessions"] == 1 and out["batches"] == 2
+    assert [b["sequences"] for b in out["per_batch"]] == [2, 1]
     assert out["bytes_c2s"] == sum(r["bytes_c2s"] for r in out["per_layer"].values())
-    requests = [
-        json.loads(line) for line in transcript.read_text().splitlines() if "setup/request" in line
-    ]
-    assert len(requests) == 2
+    assert out["bytes_c2s"] == sum(b["bytes_c2s"] for b in out["per_batch"])
+    lines = [json.loads(line) for line in transcript.read_text().splitlines()]
+    assert sum(e.get("tag") == "setup/request" for e in lines) == 1
+    setup = sum(e["bytes"] for e in lines if e.get("phase") == "setup")
+    assert out["setup_bytes"] == out["per_session"][0]["setup_bytes"] == setup
 
 
 @pytest.mark.parametrize(

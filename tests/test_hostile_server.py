@@ -27,7 +27,9 @@ from secmoe.net.tcp import connect
 
 from .test_serve_infer import free_port, infer, serve, wait_listening
 
-SETUP_IDLE = 2.0
+# short, so the silent client is dropped quickly, but above the good client's longest silence
+# in its setup (HE key generation) on a loaded 2-core machine (2 s was not, under load 18)
+SETUP_IDLE = 6.0
 
 
 async def _client(port: int):

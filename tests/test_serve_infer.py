@@ -9,8 +9,11 @@ import time
 import numpy as np
 import pytest
 
+from secmoe.cli import build_parser
+from secmoe.commands.serve import served_weights
 from secmoe.model.reference import run
-from secmoe.model.weights import load_bundled, load_heldout
+from secmoe.model.weights import load_bundled, load_heldout, load_weights
+from tests.hf_helpers import FIXTURES
 
 SECMOE = [sys.executable, "-m", "secmoe.cli"]
 
@@ -80,26 +83,42 @@ def test_serve_survives_a_bad_client_and_answers_the_next(tmp_path):
     assert "Traceback" not in err
 
 
-def test_infer_splits_a_batch_into_sessions_within_the_servers_limit(tmp_path):
+def test_infer_sends_batches_through_one_session_within_the_servers_limit(tmp_path):
+    """Two batches of one image in one session over TCP: the setup (one request, its bytes
+    in the transcript's setup phase) is paid and reported once, online figures per batch."""
     port = free_port()
-    server = serve(port, "--sessions", "3", "--max-batch", "1")
+    server = serve(port, "--sessions", "2", "--max-batch", "1")
     x = load_heldout()[0][:2]
     np.save(tmp_path / "x.npy", x)
     given = ["--input", str(tmp_path / "x.npy"), "--strategy", "dispatch"]
+    transcript = tmp_path / "t.jsonl"
     try:
         wait_listening(port, server)  # not a session
         too_big = infer(port, *given, "--batch", "2")  # session 1: refused, with the reason
-        out = infer(port, *given, "--batch", "1", "--json")  # sessions 2 and 3, one image each
+        out = infer(port, *given, "--batch", "1", "--json", "--transcript", str(transcript))
         _, err = server.communicate(timeout=60)
     finally:
         server.kill()
     assert too_big.returncode == 1 and "batch size 2 outside [1, 1]" in too_big.stderr
     assert out.returncode == 0, out.stderr
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res["sessions"] == 2
+    assert res["schema"] == 1 and res["sessions"] == 1 and res["batches"] == 2
     assert res["prediction"] == run(load_bundled(), x).output.argmax(-1).tolist()
+    events = [json.loads(line) for line in transcript.read_text().splitlines()]
+    assert sum(e["tag"] == "setup/request" for e in events) == 1
+    setup = sum(e["bytes"] for e in events if e["phase"] == "setup")
+    assert res["setup_bytes"] == res["per_session"][0]["setup_bytes"] == setup > 0
+    batches = res["per_batch"]
+    assert [b["sequences"] for b in batches] == [1, 1]
+    assert res["bytes_c2s"] == sum(b["bytes_c2s"] for b in batches)
+    online = sum(e["bytes"] for e in events if e["phase"] == "online")
+    assert online == sum(b["bytes_c2s"] + b["bytes_s2c"] for b in batches)
+    # the second batch costs the same online bytes as the first, within the
+    # data-dependent entropy of a few encodings (no setup in it)
+    b1, b2 = (b["bytes_c2s"] + b["bytes_s2c"] for b in batches)
+    assert abs(b1 - b2) < 0.01 * b1 and setup > 0.05 * b1
     assert "session 1 from" in err and "refused: batch size 2" in err
-    assert "session 3 from" in err and "Traceback" not in err
+    assert "session 2 from" in err and "for 2 batch(es)" in err and "Traceback" not in err
 
 
 def test_infer_against_nothing_is_one_line():
@@ -165,3 +184,22 @@ def test_infer_checks_token_ids_and_shape_against_the_servers_model(tmp_path):
         server.kill()
     assert out.returncode == 1 and "do not fit" in out.stderr and "Traceback" not in out.stderr
     assert "the client failed" in err and "do not fit" in err, err
+
+
+def test_serve_folds_the_norms_where_the_model_allows(capsys):
+    """A model with RMSNorms is served folded (the same function: the reference output agrees);
+    the bundled model's LayerNorm β cannot fold: it is served as it is, and the log says why;
+    --no-fold-norms keeps γ on shares."""
+    parser = build_parser()
+    fixture = str(FIXTURES / "mixtral-lm-tied")
+    folded = served_weights(parser.parse_args(["serve", "--listen", ":0", "--model", fixture]))
+    plain = load_weights(fixture)
+    assert folded.config.norms_folded and not plain.config.norms_folded
+    ids = np.array([[3, 17, 5]])
+    assert np.allclose(run(folded, ids).output, run(plain, ids).output, atol=1e-4)
+    kept = served_weights(parser.parse_args(["serve", "--listen", ":0", "--no-fold-norms"]))
+    assert not kept.config.norms_folded
+    assert capsys.readouterr().err == ""
+    bundled = served_weights(parser.parse_args(["serve", "--listen", ":0"]))
+    assert not bundled.config.norms_folded
+    assert "cannot fold" in capsys.readouterr().err

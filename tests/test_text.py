@@ -16,6 +16,7 @@ from secmoe.model.session import InputError
 from secmoe.model.weights import load_weights
 from secmoe.text import read_text, softmax, tokenize
 from tests.hf_helpers import FIXED_REL_TOL, FIXTURES
+from tests.test_schema import check_schema
 from tests.test_serve_infer import free_port, serve, wait_listening
 
 TOKENIZER = Path(__file__).parent / "fixtures" / "tokenizer" / "tokenizer.json"
@@ -108,6 +109,8 @@ def test_text_in_text_out_over_tcp_matches_the_float_reference(tmp_path, capsys)
     _, cap, server_log = results[0]
     assert cap.err == ""
     out = json.loads(cap.out.strip().splitlines()[-1])
+    check_schema(out, "infer")
+    assert "prediction" not in out and "saved_output" not in out
     assert out["text"]["input"].startswith(f"{ids.shape[1]} tokens, not padded")
     top = out["text"]["top"]
     assert len(top) == 5 and top[0]["id"] == int(ref_probs.argmax())
@@ -129,6 +132,8 @@ def test_text_in_text_out_over_tcp_matches_the_float_reference(tmp_path, capsys)
     # encoder without a head: the per-token hidden states, saved on the client
     _, cap, _ = results[2]
     out = json.loads(cap.out.strip().splitlines()[-1])
+    check_schema(out, "infer")
+    assert out["saved_output"] == str(tmp_path / "hidden.npy")
     assert out["text"] == {
         "input": out["text"]["input"],
         "kind": "hidden_states",

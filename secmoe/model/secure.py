@@ -198,15 +198,103 @@ async def _rope(p: Party, x: np.ndarray, tables: tuple[np.ndarray, np.ndarray]) 
     return await arith.trunc(p, p.ring.reduce(y))
 
 
+@dataclass
+class KVCache:
+    """This party's additive shares of every layer's attention keys (after q/k norm and RoPE,
+    before GQA repetition) and values, kept between the passes of one generation and never
+    revealed: ``k[i]``, ``v[i]`` are (B, kv_heads, n, d_head) ring elements for the n most
+    recent positions ``length − n … length − 1``.
+
+    With a sliding window W only the last W − 1 positions are kept (the next token attends to
+    those and itself), so memory stops growing at the window. Per party and sequence, each
+    position holds :meth:`elements_per_token` ring elements (8 bytes each).
+    """
+
+    k: list[np.ndarray]
+    v: list[np.ndarray]
+    window: int | None = None
+    length: int = 0  # positions seen: the next token's position
+
+    @classmethod
+    def empty(cls, cfg: ModelConfig, batch: int) -> KVCache:
+        """An empty cache for ``batch`` sequences of ``cfg``'s model."""
+        z = np.zeros((batch, cfg.kv_heads, 0, cfg.d_head), np.uint64)
+        return cls([z] * cfg.n_layers, [z] * cfg.n_layers, cfg.sliding_window)
+
+    @staticmethod
+    def elements_per_token(cfg: ModelConfig) -> int:
+        """Ring elements one position adds per party and sequence: 2·layers·kv_heads·d_head."""
+        return 2 * cfg.n_layers * cfg.kv_heads * cfg.d_head
+
+    @property
+    def held(self) -> int:
+        """Positions currently held (≤ W − 1 with a sliding window W)."""
+        return self.k[0].shape[2] if self.k else 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of shares this party holds."""
+        return sum(a.nbytes for a in (*self.k, *self.v))
+
+    def extend(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The keys and values a layer's new rows attend to (the held ones, then k, v), and
+        keep what the next token will need. Local; :meth:`advance` moves the position."""
+        k_all = np.concatenate([self.k[layer], k], axis=2)
+        v_all = np.concatenate([self.v[layer], v], axis=2)
+        keep = k_all.shape[2] if self.window is None else self.window - 1
+        start = k_all.shape[2] - min(keep, k_all.shape[2])
+        self.k[layer], self.v[layer] = k_all[:, :, start:], v_all[:, :, start:]
+        return k_all, v_all
+
+    def advance(self, t: int) -> None:
+        """Record that a pass added t positions (after its last layer)."""
+        self.length += t
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Public per-pass data for the rows a pass computes: the attention mask (``None``: every
+    key), RoPE tables at the rows' positions and the relative-position bias (server)."""
+
+    mask: np.ndarray | None
+    rope: tuple[np.ndarray, np.ndarray] | None
+    bias: np.ndarray | None
+
+
+def _rows(cfg: ModelConfig, w: ModelWeights | None, t: int, cache: KVCache | None) -> _Rows:
+    """Positions ``offset … offset + t − 1`` (offset: the cache's length, else 0). A pass on a
+    non-empty cache is one new token whose keys are the held window and itself, all visible:
+    causal by construction, so its mask is ``None``."""
+    offset = 0 if cache is None else cache.length
+    if offset and t != 1:
+        raise ValueError(f"a pass on a KV cache computes one new token, not {t}")
+    mask = attention_mask(cfg, t) if offset == 0 else None
+    rope = None
+    if cfg.position == "rope":
+        cos, sin = rope_tables(cfg, offset + t)
+        rope = cos[offset:], sin[offset:]
+    bias = None
+    if cfg.position == "relative" and w is not None:
+        if offset:
+            raise UnsupportedFeature(f"{cfg.name}: relative position bias with a KV cache")
+        buckets = relative_position_buckets(
+            t, t, not cfg.causal, cfg.rel_buckets, cfg.rel_max_distance
+        )
+        bias = w.rel_bias[buckets].transpose(2, 0, 1)
+    return _Rows(mask, rope, bias)
+
+
 async def _attention(
     p: Party,
     x: np.ndarray,
     w: Attention | None,
     cfg: ModelConfig,
-    bias: np.ndarray | None,
-    mask: np.ndarray | None,
-    rope: tuple[np.ndarray, np.ndarray] | None,
+    rows: _Rows,
+    cache: KVCache | None = None,
+    layer: int = 0,
 ) -> np.ndarray:
+    """Self-attention of x's rows: over themselves, or, with a cache, over the cached keys and
+    values of the layer and themselves (appended to the cache)."""
     b, t, _ = x.shape
     h, hkv, dk = cfg.n_heads, cfg.kv_heads, cfg.d_head
     flat = x.reshape(b * t, -1)
@@ -222,17 +310,19 @@ async def _attention(
             rmsnorm(p.fork("q_norm"), q, w and w.q_norm, cfg.norm_eps, cfg.norm_range),
             rmsnorm(p.fork("k_norm"), k, w and w.k_norm, cfg.norm_eps, cfg.norm_range),
         )
-    if rope is not None:  # q and k in one truncation batch
-        qk = await _rope(p.fork("rope"), np.concatenate([q, k], axis=1), rope)
+    if rows.rope is not None:  # q and k in one truncation batch
+        qk = await _rope(p.fork("rope"), np.concatenate([q, k], axis=1), rows.rope)
         q, k = qk[:, :h], qk[:, h:]
+    if cache is not None:
+        k, v = cache.extend(layer, k, v)
     if hkv < h:
         k, v = np.repeat(k, h // hkv, axis=1), np.repeat(v, h // hkv, axis=1)
-    s = await matmul(p.fork("qk"), q, k.transpose(0, 1, 3, 2))  # (B, H, T, T)
+    s = await matmul(p.fork("qk"), q, k.transpose(0, 1, 3, 2))  # (B, H, T, keys)
     if cfg.scale_attention:
         scale = int(p.ring.to_signed(p.ring.encode(1 / dk**0.5)))
         s = await arith.trunc(p.fork("scale"), mul_public(p.ring, s, scale))
-    s = add_server_const(p, s, bias)
-    probs = await softmax(p.fork("softmax"), s, mask)
+    s = add_server_const(p, s, rows.bias)
+    probs = await softmax(p.fork("softmax"), s, rows.mask)
     out = await matmul(p.fork("pv"), probs, v)
     out = out.transpose(0, 2, 1, 3).reshape(b * t, h * dk)
     return (await linear(p.fork("o"), out, w and w.wo, cfg.d_model)).reshape(b, t, -1)
@@ -282,6 +372,80 @@ async def _encode_input(
     return await share(p.fork("input"), plain, "client", (b, t, cfg.vocab_size))
 
 
+async def forward_pass(
+    p: Party,
+    cfg: ModelConfig,
+    weights: ModelWeights | None,
+    inputs: np.ndarray | None,
+    shape: tuple[int, int],
+    options: RunOptions = RunOptions(),
+    progress: Progress | None = None,
+    *,
+    cache: KVCache | None = None,
+    last_only: bool = False,
+) -> np.ndarray:
+    """This party's shares of the model's output on a batch of ``shape = (B, T)`` rows, not
+    revealed (:func:`secure_forward` checks its arguments; this does not).
+
+    With ``cache``, the rows are at positions ``cache.length …`` and attend to the cached keys
+    and values too; their own are appended (:class:`KVCache`); one new token per pass once the
+    cache holds a prompt. With ``last_only``, the final norm and the head run on each
+    sequence's last row only (the next-token logits, (B, 1, out)).
+    """
+    b, t = shape
+    w = weights
+    offset = 0 if cache is None else cache.length
+    if not 1 <= offset + t <= cfg.seq_len:
+        raise ValueError(f"{cfg.name}: position {offset + t - 1} outside [0, {cfg.seq_len})")
+    x = await _encode_input(p, cfg, inputs, shape)
+    flat = x.reshape(b * t, -1)
+    if cfg.input == "patches":
+        h = await linear(p.fork("embed"), flat, w and w.patch_proj, cfg.d_model)
+        h = add_server_const(p, h, w and w.patch_bias)
+    else:
+        h = await linear(p.fork("embed"), flat, w and w.embed, cfg.d_model)
+    h = h.reshape(b, t, cfg.d_model)
+    if cfg.position == "learned":
+        h = add_server_const(p, h, w and w.pos_embed[offset : offset + t])
+    rows = _rows(cfg, w, t, cache)
+    for i in range(cfg.n_layers):
+        layer = w.layers[i] if w is not None else None
+        f = p.fork(f"layer{i}")
+        a = await _norm(f.fork("attn_norm"), h, layer and layer.attn_norm, cfg, "attn")
+        att = await _attention(f.fork("attn"), a, layer and layer.attn, cfg, rows, cache, i)
+        h = p.ring.reduce(h + att)
+        g = await _norm(f.fork("ffn_norm"), h, layer and layer.ffn_norm, cfg, "ffn")
+        g = g.reshape(b * t, cfg.d_model)
+        if cfg.is_moe(i):
+            y = await moe(
+                f.fork("moe"),
+                g,
+                _experts(layer and layer.ffn),
+                moe_spec(cfg, options),
+                options.strategy,
+                groups=b,
+            )
+        else:
+            y = await _ffn(f.fork("ffn"), g, layer and layer.ffn, cfg)
+        h = p.ring.reduce(h + y.reshape(b, t, cfg.d_model))
+        if progress is not None:
+            progress(f"layer {i + 1}/{cfg.n_layers} done")
+    if cache is not None:
+        cache.advance(t)
+    if last_only:
+        h, t = h[:, -1:], 1
+    h = await _norm(p.fork("final_norm"), h, w and w.final_norm, cfg, "final")
+    if cfg.head == "classifier":
+        pooled = await arith.div_public(p.fork("mean"), p.ring.reduce(h.sum(axis=1)), t)
+        h = await linear(p.fork("head"), pooled, w and w.head, cfg.out_dim)
+        h = add_server_const(p, h, w and w.head_bias)
+    elif cfg.head == "lm":
+        h = (await linear(p.fork("head"), h.reshape(b * t, -1), w and w.head, cfg.out_dim)).reshape(
+            b, t, -1
+        )
+    return h
+
+
 async def secure_forward(
     p: Party,
     cfg: ModelConfig,
@@ -312,71 +476,30 @@ async def secure_forward(
         ValueError: roles and arguments do not match, or T is outside [1, ``cfg.seq_len``].
     """
     check_supported(cfg, options)
-    if (weights is None) != (p.role == "client") or (inputs is None) != (p.role == "server"):
-        raise ValueError("the server passes the weights, the client passes the input")
-    b, t = shape
+    check_roles(p, weights, inputs)
+    t = shape[1]
     if not 1 <= t <= cfg.seq_len:
         raise ValueError(f"{cfg.name}: sequence length {t} outside [1, {cfg.seq_len}]")
-    w = weights
-    x = await _encode_input(p, cfg, inputs, shape)
-    flat = x.reshape(b * t, -1)
-    if cfg.input == "patches":
-        h = await linear(p.fork("embed"), flat, w and w.patch_proj, cfg.d_model)
-        h = add_server_const(p, h, w and w.patch_bias)
-    else:
-        h = await linear(p.fork("embed"), flat, w and w.embed, cfg.d_model)
-    h = h.reshape(b, t, cfg.d_model)
-    if cfg.position == "learned":
-        h = add_server_const(p, h, w and w.pos_embed[:t])
-    bias = None
-    if cfg.position == "relative" and w is not None:
-        buckets = relative_position_buckets(
-            t, t, not cfg.causal, cfg.rel_buckets, cfg.rel_max_distance
-        )
-        bias = w.rel_bias[buckets].transpose(2, 0, 1)
-    mask = attention_mask(cfg, t)
-    rope = rope_tables(cfg, t) if cfg.position == "rope" else None
-    for i in range(cfg.n_layers):
-        layer = w.layers[i] if w is not None else None
-        f = p.fork(f"layer{i}")
-        a = await _norm(f.fork("attn_norm"), h, layer and layer.attn_norm, cfg, "attn")
-        att = await _attention(f.fork("attn"), a, layer and layer.attn, cfg, bias, mask, rope)
-        h = p.ring.reduce(h + att)
-        g = await _norm(f.fork("ffn_norm"), h, layer and layer.ffn_norm, cfg, "ffn")
-        g = g.reshape(b * t, cfg.d_model)
-        if cfg.is_moe(i):
-            y = await moe(
-                f.fork("moe"),
-                g,
-                _experts(layer and layer.ffn),
-                moe_spec(cfg, options),
-                options.strategy,
-                groups=b,
-            )
-        else:
-            y = await _ffn(f.fork("ffn"), g, layer and layer.ffn, cfg)
-        h = p.ring.reduce(h + y.reshape(b, t, cfg.d_model))
-        if progress is not None:
-            progress(f"layer {i + 1}/{cfg.n_layers} done")
-    h = await _norm(p.fork("final_norm"), h, w and w.final_norm, cfg, "final")
-    if cfg.head == "classifier":
-        pooled = await arith.div_public(p.fork("mean"), p.ring.reduce(h.sum(axis=1)), t)
-        h = await linear(p.fork("head"), pooled, w and w.head, cfg.out_dim)
-        h = add_server_const(p, h, w and w.head_bias)
-    elif cfg.head == "lm":
-        h = (await linear(p.fork("head"), h.reshape(b * t, -1), w and w.head, cfg.out_dim)).reshape(
-            b, t, -1
-        )
+    h = await forward_pass(p, cfg, weights, inputs, shape, options, progress)
     out = await reveal(p.fork("output"), h, to="client")
     return None if out is None else p.ring.decode(out)
 
 
+def check_roles(p: Party, weights: ModelWeights | None, inputs: np.ndarray | None) -> None:
+    """``ValueError`` unless the server passes the weights and the client the input."""
+    if (weights is None) != (p.role == "client") or (inputs is None) != (p.role == "server"):
+        raise ValueError("the server passes the weights, the client passes the input")
+
+
 __all__ = [
     "SECURE_SUPPORT",
+    "KVCache",
     "RunOptions",
     "UnsupportedFeature",
     "add_server_const",
+    "check_roles",
     "check_supported",
+    "forward_pass",
     "moe_spec",
     "secure_forward",
 ]

@@ -6,9 +6,15 @@ Connection set-up (before any protocol message)::
       │── hello {version, role, params, session} ──▶│  checks version, roles, params
       │◀── hello {…, ok, error} ────────────────────│  (refusal names what differs)
 
-``params`` is a small dict of the public parameters both parties must share (ring, model
-digest, …): a mismatch is reported key by key. The session id is chosen by the client unless
-the server requires a given one. Handshake bytes are not part of the session's stats.
+A server with a limit of concurrent sessions (``listen(max_sessions=K, max_queue=Q)``) holds
+back its hello from a client with a good hello while K sessions run: it sends instead, at
+least every :data:`QUEUE_NOTE_INTERVAL` seconds, a note ``{magic, queue: n, active: K}`` (n
+clients ahead of it), and its hello when a session ends; beyond Q waiting clients it refuses
+(a hello with ``error``: the server is busy). A waiting client must send nothing: a byte or
+its leaving ends its wait. ``params`` is a small dict of the public parameters both parties
+must share (ring, model digest, …): a mismatch is reported key by key. The session id is
+chosen by the client unless the server requires a given one. Handshake bytes are not part
+of the session's stats.
 
 After the handshake the stream carries frames (:mod:`secmoe.net.framing`); an oversized or
 malformed frame fails the session with a :class:`ProtocolError` and closes the connection.
@@ -45,6 +51,11 @@ READ_SIZE = 1 << 20
 HANDSHAKE_MAX = 1 << 16
 DEFAULT_CONNECT_TIMEOUT = 30.0
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0
+#: Seconds between a waiting client's queue notes (well within its handshake timeout).
+QUEUE_NOTE_INTERVAL = 2.0
+#: Connections a listener handshakes at once; more are closed at once (an unbounded number
+#: of half-open handshakes would hold memory and file descriptors).
+DEFAULT_MAX_PENDING = 64
 
 
 @dataclass(frozen=True)
@@ -222,6 +233,11 @@ async def _recv_hello(reader: asyncio.StreamReader) -> Any:
         raise HandshakeError(f"the peer is not a secmoe party ({exc})") from None
 
 
+def _is_queue_note(reply: Any) -> bool:
+    """Whether a server's handshake frame is a queue note (not its hello)."""
+    return isinstance(reply, dict) and "queue" in reply and not reply.get("error")
+
+
 async def _handshake(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -229,13 +245,32 @@ async def _handshake(
     params: dict[str, Any],
     session: str | None,
     timeout: float,
+    on_wait: Callable[[str], None] | None = None,
+    wait: float = 600.0,
+    admit: Callable[[], Awaitable[None]] | None = None,
 ) -> str:
+    """The hello exchange within ``timeout`` (a client: per frame, waiting at most ``wait``
+    seconds in a busy server's queue, ``on_wait`` told each note; a server: ``admit`` waits
+    for a session slot, sending notes, after the client's hello is checked)."""
+    wait_until = asyncio.get_running_loop().time() + wait
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeout) as limit:
             if role == "client":
                 sid = session or os.urandom(16).hex()
                 await _send_hello(writer, _hello(role, params, sid))
                 reply = await _recv_hello(reader)
+                while _is_queue_note(reply):  # the server is busy: wait, told our place
+                    if on_wait is not None:
+                        on_wait(
+                            f"server busy: {shown(reply.get('active'))} sessions running, "
+                            f"{shown(reply.get('queue'))} ahead of this client in the queue"
+                        )
+                    loop = asyncio.get_running_loop()
+                    budget = min(timeout, max(0.0, wait_until - loop.time()))
+                    if budget <= 0:
+                        raise HandshakeError(f"still queued at the busy server after {wait:g} s")
+                    limit.reschedule(loop.time() + budget)
+                    reply = await _recv_hello(reader)
                 if isinstance(reply, dict) and reply.get("error"):
                     reason = one_line(str(reply["error"]))
                     raise HandshakeError(f"the server refused the session: {reason}")
@@ -244,7 +279,10 @@ async def _handshake(
             hello = await _recv_hello(reader)
             try:
                 sid = check_hello(hello, role, params, session)
-            except HandshakeError as exc:
+                if admit is not None:
+                    limit.reschedule(None)  # the queue has its own deadlines (the notes)
+                    await admit()
+            except HandshakeError as exc:  # not a secmoe party, or the queue is full
                 with contextlib.suppress(Exception):
                     await _send_hello(writer, {**_hello(role, params, ""), "error": str(exc)})
                 raise
@@ -264,9 +302,10 @@ async def _open_session(
     session: str | None,
     handshake_timeout: float,
     session_kw: dict[str, Any],
+    **wait: Any,
 ) -> Channel:
     try:
-        await _handshake(reader, writer, role, params, session, handshake_timeout)
+        await _handshake(reader, writer, role, params, session, handshake_timeout, **wait)
     except BaseException:
         writer.close()
         raise
@@ -283,13 +322,16 @@ async def connect(
     tls: TLSConfig | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    on_wait: Callable[[str], None] | None = None,
     **session_kw: Any,
 ) -> Channel:
-    """Connect to a listening server as the client, retrying until ``connect_timeout``.
+    """Connect to a listening server as the client, retrying until ``connect_timeout``. A
+    busy server queues the client: ``on_wait`` gets each note ("server busy: …, n ahead …");
+    the wait is bounded by the session's ``timeout`` (default 600 s).
 
     Raises:
         NetError: the host cannot be resolved, or nobody accepted before the deadline.
-        HandshakeError: the server is not a compatible secmoe party.
+        HandshakeError: the server is not a compatible secmoe party, or refused (busy).
     """
     ssl_ctx = tls.client_context() if tls else None
     hostname = (tls.server_hostname or host) if tls else None
@@ -316,38 +358,131 @@ async def connect(
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
     return await _open_session(
-        reader, writer, "client", params or {}, session, handshake_timeout, session_kw
+        reader,
+        writer,
+        "client",
+        params or {},
+        session,
+        handshake_timeout,
+        session_kw,
+        on_wait=on_wait,
+        wait=session_kw.get("timeout", 600.0),
     )
 
 
-SessionHandler = Callable[[Channel], Awaitable[None]]
-
-
 class Listener:
-    """A listening socket that hands out one server-side :class:`Channel` per connection."""
+    """A listening socket that hands out one server-side :class:`Channel` per connection.
 
-    def __init__(self, server: asyncio.base_events.Server, queue: asyncio.Queue[Any]) -> None:
-        self._server = server
-        self._queue = queue
+    With ``max_sessions`` K, at most K channels are out at once: each ends with
+    :meth:`release`; a client that arrives meanwhile waits in a queue of at most
+    ``max_queue`` (told its place, see the module's docstring), and one beyond it is refused
+    with the reason. At most ``max_pending`` connections are in their handshake at once; more
+    are closed at once. Failed handshakes are handed out by :meth:`accept` as errors (at most
+    ``max_pending`` kept)."""
+
+    def __init__(
+        self, max_sessions: int | None = None, max_queue: int = 0, max_pending: int = 0
+    ) -> None:
+        self._server: asyncio.base_events.Server | None = None
+        self.max_sessions, self.max_queue, self.max_pending = max_sessions, max_queue, max_pending
+        self.active = 0  # channels handed out and not released
+        self.pending = 0  # connections in their handshake (before the queue)
+        self._queue: asyncio.Queue[Channel | NetError] = asyncio.Queue()
+        self._errors = 0  # failed handshakes in the queue
+        self._waiting: list[asyncio.Future[None]] = []
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
+        assert self._server is not None
         return self._server.sockets[0].getsockname()[1]
 
+    @property
+    def waiting(self) -> int:
+        """Clients in the queue."""
+        return len(self._waiting)
+
     async def accept(self, timeout: float | None = None) -> Channel:
-        """The next connected, handshaken session. Raises ``HandshakeError`` for a bad peer."""
+        """The next connected, handshaken session. Raises ``HandshakeError`` (or another
+        :class:`NetError`) for a connection that failed its handshake."""
         try:
             async with asyncio.timeout(timeout):
                 item = await self._queue.get()
         except TimeoutError:
             raise ChannelTimeout(f"no client connected within {timeout:g} s") from None
-        if isinstance(item, BaseException):
+        if isinstance(item, NetError):
+            self._errors -= 1
             raise item
         return item
 
+    def release(self) -> None:
+        """A channel's session has ended: its slot goes to the first waiting client."""
+        self.active -= 1
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiting and (self.max_sessions is None or self.active < self.max_sessions):
+            fut = self._waiting.pop(0)
+            if not fut.done():
+                fut.set_result(None)
+                self.active += 1
+
+    async def _admit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Wait for a session slot, telling the client its place in the queue; refuse it if
+        the queue is full. The slot is this connection's once this returns."""
+        free = self.max_sessions is None or self.active < self.max_sessions
+        if free and not self._waiting:
+            self.active += 1
+            return
+        if len(self._waiting) >= self.max_queue:
+            raise HandshakeError(
+                f"server busy: {self.active} sessions running and {len(self._waiting)} clients "
+                "waiting, its queue is full; try again later"
+            )
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(fut)
+        left = asyncio.ensure_future(reader.read(1))  # a waiting client must send nothing
+        try:
+            while not fut.done():
+                note = {"magic": MAGIC, "queue": self._waiting.index(fut), "active": self.active}
+                await _send_hello(writer, note)
+                await asyncio.wait(
+                    [fut, left], timeout=QUEUE_NOTE_INTERVAL, return_when=asyncio.FIRST_COMPLETED
+                )
+                if left.done() and not fut.done():
+                    raise PeerDisconnected("the client left the queue")
+        except BaseException:
+            if fut.done() and not fut.cancelled():
+                self.release()  # granted as it failed: the slot goes on
+            elif fut in self._waiting:
+                self._waiting.remove(fut)
+            fut.cancel()
+            raise
+        finally:
+            left.cancel()
+        if fut.cancelled():  # the listener closed
+            raise HandshakeError("the server stopped before a session was free")
+        if left.done() and not left.cancelled():
+            self.release()
+            raise PeerDisconnected("the client left the queue")
+
+    def _fail(self, exc: NetError) -> None:
+        """Hand out a failed handshake (at most ``max_pending`` kept; more are dropped)."""
+        if self._errors < max(1, self.max_pending):
+            self._errors += 1
+            self._queue.put_nowait(exc)
+
     async def close(self) -> None:
+        assert self._server is not None
+        """Stop listening; waiting clients are told, handshaken channels nobody accepted are
+        aborted with the reason."""
         self._server.close()
+        for fut in self._waiting:
+            fut.cancel()
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if isinstance(item, Channel):
+                await item.abort("the server stopped before this session started")
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2):
                 await self._server.wait_closed()
@@ -361,39 +496,71 @@ async def listen(
     session: str | None = None,
     tls: TLSConfig | None = None,
     handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
+    max_sessions: int | None = None,
+    max_queue: int = 0,
+    max_pending: int = DEFAULT_MAX_PENDING,
     **session_kw: Any,
 ) -> Listener:
-    """Listen on ``host:port`` as the server. Raises :class:`NetError` if the port is taken."""
+    """Listen on ``host:port`` as the server (see :class:`Listener` for ``max_sessions``,
+    ``max_queue``, ``max_pending``). Raises :class:`NetError` if the port is taken."""
     ssl_ctx = tls.server_context() if tls else None
-    queue: asyncio.Queue[Any] = asyncio.Queue()
+    lst = Listener(max_sessions, max_queue, max_pending)
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if lst.pending >= max_pending:
+            writer.transport.abort()
+            lst._fail(NetError(f"more than {max_pending} connections in their handshake"))
+            return
+        lst.pending += 1
+        counted, admitted = True, False
+
+        async def admit() -> None:
+            nonlocal counted, admitted
+            lst.pending, counted = lst.pending - 1, False
+            await lst._admit(reader, writer)
+            admitted = True
+
         try:
             ch = await _open_session(
-                reader, writer, "server", params or {}, session, handshake_timeout, session_kw
+                reader,
+                writer,
+                "server",
+                params or {},
+                session,
+                handshake_timeout,
+                session_kw,
+                admit=admit,
             )
         except (NetError, ssl.SSLError, OSError) as exc:
-            queue.put_nowait(exc if isinstance(exc, NetError) else HandshakeError(str(exc)))
+            if admitted:
+                lst.release()
+            lst._fail(exc if isinstance(exc, NetError) else HandshakeError(str(exc)))
             return
         except Exception as exc:  # a hello nobody foresaw: still only that connection fails
+            if admitted:
+                lst.release()
             reason = one_line(f"{type(exc).__name__}: {exc}", 200)
-            queue.put_nowait(HandshakeError(f"bad handshake ({reason})"))
+            lst._fail(HandshakeError(f"bad handshake ({reason})"))
             return
-        queue.put_nowait(ch)
+        finally:
+            if counted:
+                lst.pending -= 1
+        lst._queue.put_nowait(ch)
 
     try:
-        server = await asyncio.start_server(
+        lst._server = await asyncio.start_server(
             on_connect,
             host,
             port,
             ssl=ssl_ctx,
             ssl_handshake_timeout=handshake_timeout if ssl_ctx else None,
+            backlog=max_pending,
         )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise NetError(f"cannot listen on {host}:{port}: address already in use") from None
         raise NetError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    return Listener(server, queue)
+    return lst
 
 
 async def accept_one(

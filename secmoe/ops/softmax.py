@@ -46,6 +46,7 @@ from ..protocols.cost import Cost
 from ..protocols.ot.pool import OTPool
 from ..protocols.party import Party
 from . import approx
+from .argmax import tournament, tournament_cost
 from .piecewise import (
     DEFAULT_CMP_BITS,
     compare_breakpoints,
@@ -82,30 +83,12 @@ async def row_max(p: Party, x: np.ndarray, bits: int = DEFAULT_CMP_BITS) -> np.n
 
     Range: |x_i − x_j| < 2^(bits−1) in ring units. Cost: :func:`row_max_cost`.
     """
-    ring = p.ring
-    cand = ring.reduce(np.asarray(x, dtype=np.uint64))
-    level = 0
-    while cand.shape[-1] > 1:
-        pairs = cand.shape[-1] // 2
-        u, v = cand[..., 0 : 2 * pairs : 2], cand[..., 1 : 2 * pairs : 2]
-        f = p.fork(f"lvl{level}")
-        diff = ring.reduce(v - u)
-        c = (await compare_breakpoints(f.fork("cmp"), diff, np.zeros(1, np.int64), bits))[..., 0]
-        win = ring.reduce(u + await boolean.mux(f.fork("mux"), c, diff))
-        cand = np.concatenate([win, cand[..., 2 * pairs :]], axis=-1)
-        level += 1
-    return cand
+    return (await tournament(p, x, bits=bits))[0]
 
 
 def row_max_cost(pool: OTPool, rows: int, n: int, ring: Ring, bits: int) -> Cost:
     """Declared cost of :func:`row_max` on ``rows`` rows of n entries."""
-    c = Cost()
-    while n > 1:
-        pairs = n // 2
-        c = c + compare_cost(pool, rows * pairs, np.zeros(1, np.int64), bits)
-        c = c + boolean.cost_mux(pool, rows * pairs, ring.bits)
-        n -= pairs
-    return c
+    return tournament_cost(pool, rows, n, ring, bits)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,182 @@
+"""``secmoe generate``: private text generation, greedy or sampled (``--temperature``),
+against a ``secmoe serve`` (the ``generate`` session kind, :mod:`secmoe.model.generate`). The
+client tokenizes its text, the server runs one setup, the prompt's forward pass and one step
+per new token on a secret-shared KV cache; each token is revealed to the client only, which
+decodes it here and feeds it back as its secret input. The text streams to stderr as tokens
+arrive (not with ``--json``); the result is the whole text with per-token bytes, rounds and
+seconds."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..app import options_from_args, run_async, warn_insecure
+from ..crypto.prg import PRG
+from ..model.config import ModelConfig
+from ..model.generate import TokenStep, generate_session, gumbel_noise
+from ..model.session import InputError
+from ..net.transcript import TranscriptWriter
+from ..text import load_tokenizer, read_text
+from ..text import tokenize as tokenize_text
+from .args import add_client_args, add_strategy_args, positive_float, positive_int
+from .client import connect_server
+from .output import table
+
+NAME = "generate"
+HELP = "the client: private greedy text generation against a server"
+
+#: End-of-sequence tokens looked up in the tokenizer when --eos-id is not given.
+EOS_TOKENS = ("</s>", "<|endoftext|>", "<|im_end|>", "<eos>", "[EOS]")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--connect", required=True, metavar="HOST:PORT")
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--text", help="the prompt, tokenized on this side with --tokenizer")
+    given.add_argument("--text-file", metavar="FILE", help="as --text, from a UTF-8 file")
+    p.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="FILE",
+        help="a Hugging Face tokenizers file (tokenizer.json) with the model's vocabulary",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=16, help="tokens to generate (default 16)"
+    )
+    eos = p.add_mutually_exclusive_group()
+    eos.add_argument(
+        "--eos-id",
+        type=int,
+        help="stop at this token id (default: the tokenizer's </s>, <|endoftext|>, … if any)",
+    )
+    eos.add_argument(
+        "--no-eos",
+        action="store_true",
+        help="always generate --max-new-tokens (the server then does not learn where the "
+        "text ended)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=positive_float,
+        help="sample from softmax(logits / T) instead of greedy decoding: this side adds T·Gumbel "
+        "noise (from its cryptographic PRG) to its share of the logits before the argmax, so "
+        "the server sees the same messages as for greedy decoding",
+    )
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the whole prefix for every token (the baseline; slower)",
+    )
+    add_strategy_args(p)
+    add_client_args(p)
+
+
+def eos_id(args: argparse.Namespace, tokenizer: Any) -> int | None:
+    """The id generation stops at: ``--eos-id``, none with ``--no-eos``, else the first of
+    :data:`EOS_TOKENS` the tokenizer has."""
+    if args.no_eos:
+        return None
+    if args.eos_id is not None:
+        return args.eos_id
+    found = (tokenizer.token_to_id(t) for t in EOS_TOKENS)
+    return next((i for i in found if i is not None), None)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    warn_insecure(args.strategy)
+    return run_async(_generate(args))
+
+
+async def _generate(args: argparse.Namespace) -> dict[str, Any]:
+    tokenizer = load_tokenizer(args.tokenizer)
+    tokenized = tokenize_text(tokenizer, read_text(args.text, args.text_file))
+    n_new = args.max_new_tokens
+    stop = eos_id(args, tokenizer)
+    if stop is not None and not 0 <= stop < tokenizer.get_vocab_size():
+        raise InputError(f"--eos-id {stop} is outside the tokenizer's vocabulary")
+
+    def prompt(cfg: ModelConfig) -> np.ndarray:
+        """The ids, keeping the last seq_len − max_new_tokens + 1 (room for the new ones)."""
+        ids = tokenized(cfg)
+        room = cfg.seq_len - n_new + 1
+        if room < 1:
+            raise InputError(
+                f"--max-new-tokens {n_new} leaves no room for a prompt: the model has "
+                f"{cfg.seq_len} positions"
+            )
+        if ids.shape[1] > room:
+            tokenized.note = f"{len(tokenized.ids)} tokens truncated to the last {room}"
+            ids = ids[:, -room:]
+        return ids
+
+    writer = TranscriptWriter(args.transcript) if args.transcript else None
+    ids: list[int] = []
+    shown = ""
+
+    def on_token(step: TokenStep) -> None:
+        nonlocal shown
+        assert step.ids is not None
+        ids.append(step.ids[0])
+        if args.json:
+            return
+        text = tokenizer.decode(ids)
+        sys.stderr.write(text[len(shown) :] if text.startswith(shown) else f" {text}")
+        sys.stderr.flush()
+        shown = text
+
+    try:
+        ch = await connect_server(args, writer)
+        try:
+            res = await generate_session(
+                ch,
+                prompt,
+                n_new,
+                eos_id=stop,
+                options=options_from_args(args),
+                use_cache=not args.no_cache,
+                on_token=on_token,
+                noise=None if args.temperature is None else gumbel_noise(PRG(), args.temperature),
+            )
+        finally:
+            await ch.close()
+    finally:
+        if writer is not None:
+            writer.close()
+    if not args.json:
+        sys.stderr.write("\n")
+    gen = res.generation
+    assert gen.ids is not None
+    new = gen.ids[0].tolist()
+    return {
+        "strategy": args.strategy,
+        "model_id": res.model_id,
+        "prompt": {"text": tokenized.note, "tokens": len(tokenized.ids)},
+        "ids": new,
+        "text": tokenizer.decode(new),
+        "stopped": gen.stopped,
+        "eos_id": stop,
+        "cache": not args.no_cache,
+        "cache_bytes": gen.cache_bytes,
+        "setup": {"seconds": res.setup_seconds, "bytes": res.setup.bytes_total},
+        "seconds": res.seconds,
+        "tokens": [s.as_dict() for s in gen.steps],
+    } | ({} if args.temperature is None else {"temperature": args.temperature})
+
+
+def render(out: dict[str, Any]) -> Iterator[str]:
+    yield f"generated: {out['text']!r} ({len(out['ids'])} tokens, {out['stopped']})"
+    yield f"prompt: {out['prompt']['text']} ({out['strategy']})"
+    rows = [
+        (s["index"], s["ids"][0], f"{s['bytes'] / 1e6:.2f}", s["rounds"], f"{s['seconds']:.2f}")
+        for s in out["tokens"]
+    ]
+    yield from table(["token", "id", "MB", "rounds", "seconds"], rows, first=5)
+    yield (
+        f"setup {out['setup']['seconds']:.1f} s, {out['setup']['bytes'] / 1e6:.1f} MB; "
+        f"KV cache {out['cache_bytes'] / 1024:.1f} KiB per party"
+    )
