@@ -10,8 +10,10 @@ import time
 from io import StringIO
 
 import numpy as np
+import pytest
 from rich.console import Console
 
+from secmoe.cli import main
 from secmoe.model.secure import RunOptions
 from secmoe.model.session import client_session, serve_session
 from secmoe.model.weights import load_weights
@@ -161,3 +163,23 @@ def test_infer_under_a_pseudo_terminal_draws_the_bar(tmp_path):
     assert "\x1b[" in screen and "… session" not in screen  # drawn, not plain lines
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen)
     assert re.search(r"session 1 .*2/2 layers sent [\d.]+ [KMG]?B, received [\d.]+ [KMG]?B", text)
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["moe", "--experts", "4", "--tokens", "4", "--d-model", "32", "--d-ff", "32"],
+            "MoE layer E=4 select (client): layer 1/1 done (sent ",
+        ),
+        (
+            ["model", "--preset", "digits-moe", "--tokens", "4", "--layers", "1"],
+            "digits-moe select (client): layer 1/1 done (sent ",
+        ),
+    ],
+)
+def test_benches_report_progress_unless_json(argv, line, capsys):
+    assert main(["bench", *argv]) == 0
+    assert line in capsys.readouterr().err
+    assert main(["bench", *argv, "--json"]) == 0
+    assert "layer 1/1 done" not in capsys.readouterr().err

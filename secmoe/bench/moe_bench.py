@@ -30,6 +30,7 @@ from ..model.weights import MoE
 from ..net import Channel
 from ..ops.linear import prepare, prepare_select, select_chunk, setup_he
 from ..ops.moe import INSECURE_STRATEGIES, STRATEGIES, ExpertWeights, MoESpec, moe
+from ..progress import Reporter
 from ..protocols.party import Party
 from ..protocols.shares import reveal, share
 from .registry import BenchOp, register
@@ -166,7 +167,14 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _run(ch: Channel, args: argparse.Namespace, st: dict[str, Any]) -> np.ndarray:
-    return await moe(st["p"].fork("moe"), st["x"], st["w"], _spec(args), args.strategy)
+    # one bar (a layer of one): this party's over TCP, the client's when both run here
+    shown = args.party is not None or ch.role == "client"
+    reporter = Reporter(quiet=args.json or not shown)
+    label = f"MoE layer E={args.experts} {args.strategy} ({ch.role})"
+    with reporter.session(label, ch.stats, ch.role, 1) as progress:
+        out = await moe(st["p"].fork("moe"), st["x"], st["w"], _spec(args), args.strategy)
+        progress("layer 1/1 done")
+    return out
 
 
 async def _check(
