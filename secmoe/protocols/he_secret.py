@@ -254,12 +254,14 @@ async def secret_matmul_server(
         for i in range(n):
             heads = slice(i * g, (i + 1) * g)
             w_l = _block_diag(b_s[heads])
-            enc_l = encode_weights(he.ctx, [w_l], plan.left, public_zero=zero_l)
+            # one-use weights: each block encoded when the product reaches it (every block is
+            # used once per call), not all cached up front
+            enc_l = encode_weights(he.ctx, [w_l], plan.left, cache="blocks", public_zero=zero_l)
             sh_l, c1, c0 = step_server_eval(he, enc_l, cts_l[i], prg)
             c1l.append(c1)
             c0l.append(c0)
             w_r = _block_diag(a_s[heads].transpose(0, 2, 1))
-            enc_r = encode_weights(he.ctx, [w_r], plan.right, public_zero=zero_r)
+            enc_r = encode_weights(he.ctx, [w_r], plan.right, cache="blocks", public_zero=zero_r)
             sh_r, c1, c0 = step_server_eval(he, enc_r, cts_r[i], prg)
             c1r.append(c1)
             c0r.append(c0)
