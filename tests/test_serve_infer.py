@@ -197,6 +197,7 @@ def test_serve_folds_the_norms_where_the_model_allows(capsys):
     assert folded.config.norms_folded and not plain.config.norms_folded
     ids = np.array([[3, 17, 5]])
     assert np.allclose(run(folded, ids).output, run(plain, ids).output, atol=1e-4)
+    assert "γ is folded" in capsys.readouterr().err
     kept = served_weights(parser.parse_args(["serve", "--listen", ":0", "--no-fold-norms"]))
     assert not kept.config.norms_folded
     assert capsys.readouterr().err == ""

@@ -158,10 +158,12 @@ def served_weights(args: argparse.Namespace) -> ModelWeights:
     if not args.fold_norms:
         return weights
     try:
-        return fold_norms(weights)
+        folded = fold_norms(weights)
     except FoldError as exc:
         log(f"serving with the norms' γ on shares: {exc}")
         return weights
+    log("the norms' γ is folded into the following weights (--no-fold-norms keeps it)")
+    return folded
 
 
 async def _serve(args: argparse.Namespace) -> None:
