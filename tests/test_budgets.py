@@ -14,7 +14,7 @@ from secmoe.model.session import (
     MAX_UNION_BITS,
     ServerLimits,
     SessionRefused,
-    _check_request,
+    check_request,
     client_session,
     flood_demand,
     serve_session,
@@ -149,9 +149,9 @@ def test_kappa_is_sized_from_the_plan_and_refused_beyond():
     big = flood_demand(cfg, (64, 8), RunOptions("all"))  # the 2^25–2^30
     assert 2**26 < max(big.values()) <= 2**27 and union_bits_for(big) == 27
     req = {"strategy": "all", "shape": [64, 8]}
-    assert _check_request(req, cfg, ServerLimits())[2] == 27
+    assert check_request(req, cfg, ServerLimits())[2] == 27
     with pytest.raises(SessionRefused, match=f"more than the 2\\^{MAX_UNION_BITS}"):
-        _check_request({"strategy": "all", "shape": [4096, 8]}, cfg, ServerLimits(max_batch=4096))
+        check_request({"strategy": "all", "shape": [4096, 8]}, cfg, ServerLimits(max_batch=4096))
 
 
 # --- item 10: what the client learns about the weights ---------------------------------------

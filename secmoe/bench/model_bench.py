@@ -56,10 +56,10 @@ from ..model.plan_work import announce_work
 from ..model.secure import RunOptions, moe_spec, secure_forward
 from ..model.session import (
     MAX_UNION_BITS,
-    _weights_to_prepare,
     flood_demand,
     setup_inference,
     union_bits_for,
+    weights_to_prepare,
 )
 from ..model.weights import Layer, ModelWeights, load_weights
 from ..net import Channel
@@ -253,7 +253,7 @@ class LayerEncoder:
             clock,
         )
         top = dataclasses.replace(weights, layers=[])
-        for w, rows in _weights_to_prepare(top, shape, options):
+        for w, rows in weights_to_prepare(top, shape, options):
             prepare(p, w, rows)
         st = self.state
         self.base = (set(st.encoded), set(st.selects), st.cache_budget)
@@ -276,7 +276,7 @@ class LayerEncoder:
             self._evict()
             one = cfg.replace(n_layers=1, moe_layers=(0,) if cfg.is_moe(i) else ())
             view = dataclasses.replace(self.weights, config=one, layers=[layer])
-            for w, rows in _weights_to_prepare(view, self.shape, self.options):
+            for w, rows in weights_to_prepare(view, self.shape, self.options):
                 prepare(self.p, w, rows)
             if self.options.strategy == "select" and cfg.is_moe(i):
                 f, rows = layer.ffn, self.shape[0] * self.shape[1]

@@ -68,10 +68,10 @@ from .session import (
     ServerLimits,
     SessionRefused,
     SessionResult,
-    _check_request,
-    _keep_deadline,
     check_inputs,
+    check_request,
     flood_demand,
+    keep_deadline,
     plan_flooding,
     planned_memory,
     prepare_weights,
@@ -384,7 +384,7 @@ def check_generate_request(req: dict, cfg: ModelConfig, limits: ServerLimits) ->
     except ValueError as exc:
         raise SessionRefused(str(exc)) from None
     longest = {"strategy": req.get("strategy"), "shape": [b, t + n - 1]}
-    options = _check_request(longest, cfg, limits).options
+    options = check_request(longest, cfg, limits).options
     try:
         check_generation(cfg, options)
     except UnsupportedFeature as exc:
@@ -507,7 +507,7 @@ async def generate_session(
         union_bits = answer.get("union_bits")
         if not (isinstance(union_bits, int) and 1 <= union_bits <= MAX_UNION_BITS):
             raise SessionRefused("the server sent a bad flooding budget")
-        _keep_deadline(ch, answer.get("deadline"))
+        keep_deadline(ch, answer.get("deadline"))
         p = await setup_generation(
             ch,
             prg or PRG(),

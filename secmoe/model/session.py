@@ -213,7 +213,7 @@ def session_deadline(cfg: ModelConfig, shape: tuple[int, int], options: RunOptio
     return 600.0 + b * t * cfg.n_layers * math.ceil(cfg.d_model / 64) * per
 
 
-def _weights_to_prepare(
+def weights_to_prepare(
     weights: ModelWeights, shape: tuple[int, int], options: RunOptions
 ) -> list[tuple[np.ndarray | list[np.ndarray], int]]:
     """(weight, rows) of every plaintext-weight product whose row count is known in setup (a
@@ -279,7 +279,7 @@ def prepare_weights(
     into the party's HE cache (:func:`secmoe.ops.linear.prepare`, and the experts' layouts for
     ``select``): the products then run without encoding, for every batch of that shape."""
     cfg, rows = weights.config, shape[0] * shape[1]
-    for w, r in _weights_to_prepare(weights, shape, options):
+    for w, r in weights_to_prepare(weights, shape, options):
         prepare(p, w, r)
     if options.strategy == "select":
         for i in cfg.moe_layers:
@@ -449,7 +449,7 @@ def plan_flooding(
     return kappa, covered
 
 
-def _check_request(req: dict[str, Any], cfg: ModelConfig, lim: ServerLimits) -> InferPlan:
+def check_request(req: dict[str, Any], cfg: ModelConfig, lim: ServerLimits) -> InferPlan:
     """The request's plan, each value checked against this server's bounds;
     :class:`SessionRefused` names the first that is not acceptable."""
     unknown = sorted(quoted(k) for k in set(req) - set(REQUEST_FIELDS))
@@ -518,7 +518,7 @@ def planned_memory(
     b, t = shape
     rows = b * t
     left, total = cache_budget, 0
-    for w, r in _weights_to_prepare(weights, shape, options):
+    for w, r in weights_to_prepare(weights, shape, options):
         ws = [w] if isinstance(w, np.ndarray) else w
         plan = plan_matmul(
             r, ws[0].shape[0], [m.shape[1] for m in ws], HE_8K, w_bits=W_BITS, union_bits=union_bits
@@ -578,7 +578,7 @@ async def serve_session(
 
 
 async def serve_infer(ctx: ServeContext, req: dict[str, Any]) -> SessionResult:
-    """The ``"infer"`` kind, server side: checks the request (:func:`_check_request`: batch ≤
+    """The ``"infer"`` kind, server side: checks the request (:func:`check_request`: batch ≤
     ``max_batch``, T ≤ ``seq_len``, B·T ≤ ``max_tokens``, a strategy it allows, capacities, the
     flooding budget, the planned memory), sets up once, then serves batches of shape (B, T)
     until the client closes the session, the keys' flooding budget cannot cover another batch
@@ -589,7 +589,7 @@ async def serve_infer(ctx: ServeContext, req: dict[str, Any]) -> SessionResult:
     ``setup_idle`` seconds to ask for the next; each batch has the session's deadline."""
     ch, lim, weights = ctx.ch, ctx.limits, ctx.weights
     with ch.phase("setup"):
-        plan = await ctx.check(lambda: _check_request(req, weights.config, lim))
+        plan = await ctx.check(lambda: check_request(req, weights.config, lim))
     planned = partial(planned_memory, weights, plan.shape, plan.options, lim.cache_budget)
     async with ctx.reserve(planned):
         return await _serve_batches(ctx, plan)
@@ -731,7 +731,7 @@ class ClientSession:
             union_bits, covered = answer.get("union_bits"), answer.get("batches", 1)
             if not (isinstance(union_bits, int) and 1 <= union_bits <= MAX_UNION_BITS):
                 raise SessionRefused(f"the server sent a bad flooding budget {quoted(union_bits)}")
-            _keep_deadline(ch, answer.get("deadline"))
+            keep_deadline(ch, answer.get("deadline"))
             p = await setup_inference(
                 ch, prg or PRG(), cfg, None, shape, options, union_bits=union_bits
             )
@@ -757,7 +757,7 @@ class ClientSession:
             reason = answer.get("reason") if isinstance(answer, dict) else None
             self.over = f"the server ended the session: {one_line(str(reason))}"
             raise SessionOver(self.over)
-        _keep_deadline(self.ch, answer.get("deadline"))
+        keep_deadline(self.ch, answer.get("deadline"))
         announce_work(progress, self.cfg, self.options, self.shape)
         out = await secure_forward(self.p, self.cfg, None, x, self.shape, self.options, progress)
         return BatchResult(out[:n], time.perf_counter() - t0, self.ch.stats.since(snap))
@@ -783,7 +783,7 @@ class ClientSession:
         )
 
 
-def _keep_deadline(ch: Channel, deadline: Any) -> None:
+def keep_deadline(ch: Channel, deadline: Any) -> None:
     """Keep to the deadline the server announced (the server ends first)."""
     if isinstance(deadline, int | float) and 0 < deadline < math.inf:
         ch.session.set_deadline(float(deadline) + DEFAULT_SETUP_IDLE)

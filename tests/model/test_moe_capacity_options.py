@@ -11,7 +11,7 @@ from secmoe.app import capacity_line, capacity_summary, reference_capacity
 from secmoe.model.config import preset
 from secmoe.model.reference import capacity_of, run
 from secmoe.model.secure import RunOptions, moe_spec
-from secmoe.model.session import ServerLimits, SessionRefused, _check_request
+from secmoe.model.session import ServerLimits, SessionRefused, check_request
 from secmoe.model.weights import load_bundled, load_heldout
 
 SWITCH = preset("digits-moe")  # top-1 of 4 experts, T ≤ 8
@@ -20,7 +20,7 @@ MIXTRAL = preset("mixtral-tiny")  # top-2 of 8, no capacity
 
 def check(**kw):
     """The server's request check of a dispatch request for one sequence of 8 tokens."""
-    return _check_request({"strategy": "dispatch", "shape": [1, 8], **kw}, SWITCH, ServerLimits())
+    return check_request({"strategy": "dispatch", "shape": [1, 8], **kw}, SWITCH, ServerLimits())
 
 
 @pytest.mark.parametrize(
