@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from ..crypto.he_params import HE_8K
 from ..crypto.prg import PRG
 from ..crypto.ring import Ring
 from ..net import Channel
 from ..ops import activations, approx, norm, piecewise, softmax
+from ..ops.linear import setup_he
 from ..protocols.ot.pool import DEFAULT_SOURCE, SOURCES
 from ..protocols.party import Party
 from ..protocols.shares import reveal, share
@@ -88,6 +90,14 @@ def _make(name: str) -> BenchOp:
             help="norms: γ folded into the next linear layer (secmoe.model.fold): no γ product",
         )
         p.add_argument(
+            "--products",
+            choices=("he", "ot"),
+            default="ot",
+            help="norms: all products by COTs (what the model runs), or Σx² and x·y by HE "
+            "where that declares fewer bytes (HE_8K keys set up first; fewer bytes, more "
+            "server time)",
+        )
+        p.add_argument(
             "--source", choices=sorted(SOURCES), default=DEFAULT_SOURCE, help="the COT source"
         )
 
@@ -106,11 +116,14 @@ def _make(name: str) -> BenchOp:
             "var_range": [lo, hi],
             "source": args.source,
             "folded": args.folded,
+            "products": args.products,
         }
 
     async def setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
         pr = params(args)
         p = await Party.setup(ch, PRG(), RING, ot_source=args.source)
+        if name in ("layernorm", "rmsnorm") and pr["products"] == "he":
+            p = await setup_he(p, (HE_8K,))
         shape = tuple(pr["shape"])
         plain = None
         if p.role == "client":
@@ -141,10 +154,11 @@ def _make(name: str) -> BenchOp:
             return await softmax.softmax(p, x, None, bits)
         w, g = st["weights"], not pr["folded"]
         lo, hi = pr["var_range"]
-        gamma = w[0] if w and g else None
+        gamma, he = (w[0] if w and g else None), pr["products"] == "he"
         if name == "layernorm":
-            return await norm.layernorm(p, x, gamma, w and w[1], 1e-5, (lo, hi), weighted=g)
-        return await norm.rmsnorm(p, x, gamma, 1e-5, (lo, hi), weighted=g)
+            bias = w and w[1]
+            return await norm.layernorm(p, x, gamma, bias, 1e-5, (lo, hi), weighted=g, he=he)
+        return await norm.rmsnorm(p, x, gamma, 1e-5, (lo, hi), weighted=g, he=he)
 
     async def check(
         ch: Channel, args: argparse.Namespace, st: dict[str, Any], out: np.ndarray

@@ -141,7 +141,7 @@ def cost_trunc(pool: OTPool, n: int, ring: Ring) -> Cost:
     return Cost.of_ot(pool.cost("acot", n, ring.bits), CLIENT)
 
 
-async def div_public(p: Party, x: np.ndarray, d: int) -> np.ndarray:
+async def div_public(p: Party, x: np.ndarray, d: int, *, narrow: bool = False) -> np.ndarray:
     """Shares of ⌊x / d⌋ (±1) for a public integer d ≥ 1; truncation is d = 2^s.
 
     Requires |x| < 2^(ℓ−2) − d. Adding the public bias B = d·⌊2^(ℓ−2)/d⌋ makes y = x + B
@@ -152,7 +152,9 @@ async def div_public(p: Party, x: np.ndarray, d: int) -> np.ndarray:
 
     and the last term (in {−1, 0, 1}; in {0, 1} for d = 2^s, where R = 0) is dropped.
 
-    Message flow: one additive-COT batch, client as sender. Cost: n COTs of ℓ bits.
+    Message flow: one additive-COT batch, client as sender. Cost: n COTs of ℓ bits; with
+    ``narrow`` and d = 2^s, of s bits (a·b is only needed mod 2^s: w·2^(ℓ−s) mod 2^ℓ), i.e.
+    :func:`cost_trunc` on ``ring.with_bits(s)``.
     """
     if d < 1:
         raise ValueError(f"public divisor must be ≥ 1, got {d}")
@@ -162,10 +164,11 @@ async def div_public(p: Party, x: np.ndarray, d: int) -> np.ndarray:
     y = ring.reduce(x + np.uint64(bias)) if p.role == CLIENT else x
     msb = ((y >> np.uint64(ring.bits - 1)) & np.uint64(1)).reshape(-1)
     # Step 1: arithmetic shares of a·b (a = the client's MSB, b = the server's) by one COT.
+    cot = d.bit_length() - 1 if narrow and d > 1 and d & (d - 1) == 0 else ring.bits
     if p.role == CLIENT:
-        ab = ring.reduce(np.uint64(0) - await p.ot.acot_send(msb, ring.bits))
+        ab = ring.reduce(np.uint64(0) - await p.ot.acot_send(msb, cot))
     else:
-        ab = await p.ot.acot_recv(msb.astype(bool), ring.bits)
+        ab = await p.ot.acot_recv(msb.astype(bool), cot)
     # Step 2: w = a + b − a·b, each party from its own MSB.
     w = ring.reduce(msb - ab).reshape(x.shape)
     # Step 3: divide each share, remove the wrap, remove the bias.
@@ -176,14 +179,17 @@ async def div_public(p: Party, x: np.ndarray, d: int) -> np.ndarray:
     return z
 
 
-async def trunc(p: Party, x: np.ndarray, shift: int | None = None) -> np.ndarray:
-    """Shares of ⌊x / 2^shift⌋ or one less (default shift f): :func:`div_public` by 2^shift.
+async def trunc(
+    p: Party, x: np.ndarray, shift: int | None = None, *, narrow: bool = False
+) -> np.ndarray:
+    """Shares of ⌊x / 2^shift⌋ or one less (default shift f): :func:`div_public` by 2^shift
+    (``narrow``: its COT on shift bits).
 
     Requires |x| < 2^(ℓ−2) − 2^shift (a fixed-point product of values below 2^10 in magnitude at
     f = 18 is below 2^56): never a gross (wrap-around) error inside that range.
     """
     s = p.ring.frac_bits if shift is None else shift
-    return await div_public(p, x, 1 << s)
+    return await div_public(p, x, 1 << s, narrow=narrow)
 
 
 async def mul_fixed(p: Party, x: np.ndarray, y: np.ndarray) -> np.ndarray:

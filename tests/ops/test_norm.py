@@ -3,11 +3,16 @@
 import numpy as np
 import pytest
 
+from secmoe.crypto.he_params import HE_8K
+from secmoe.crypto.prg import PRG
 from secmoe.crypto.ring import Ring
+from secmoe.net import run_local
 from secmoe.ops import approx, norm
+from secmoe.ops.linear import setup_he
 from secmoe.ops.piecewise import mul_narrow, mul_narrow_cost, square_narrow, square_narrow_cost
+from secmoe.protocols.party import Party
 from tests.ops.test_piecewise import checked
-from tests.protocols.helpers import mine, opened, run_parties, split
+from tests.protocols.helpers import SEEDS, mine, opened, run_parties, split
 
 R = Ring(64, 18)
 VAR_RANGE = (-6, 8)
@@ -156,3 +161,95 @@ def test_narrow_ring_widths_hold_their_bounds():
             sb = norm.sq_bits(d, hi, R)
             assert sb == 64 or d * 2.0 ** (hi + 1 + 2 * f) + d * 2**f < 2.0 ** (sb - 2)
             assert sb >= norm.DEFAULT_X_BITS
+
+
+async def _run_he8k(body, timeout=300):
+    """Both parties with OT and the HE_8K keys only (the norms' HE products)."""
+
+    async def party(ch):
+        p = await setup_he(await Party.setup(ch, PRG(SEEDS[ch.role])), (HE_8K,))
+        return await body(p)
+
+    return await run_local(party, party, timeout=timeout)
+
+
+async def test_he_row_products_are_exact_at_their_declared_cost():
+    """sum_squares_he: Σx² per row mod 2^bits; mul_rows_he: x·y (y one per row) mod 2^bits;
+    both exact for values at the edges of their narrow widths."""
+    rng = np.random.default_rng(6)
+    x = rng.integers(-(2**27), 2**27, (5, 40))  # |x| < 2^(30 − 2)
+    x[0, :3] = [2**27 - 1, -(2**27) + 1, 0]
+    y = rng.integers(-(2**22), 2**22, (5, 1))  # |y| < 2^(25 − 2)
+    y[1, 0] = 2**22 - 1
+    xs, ys = split(R.from_signed(x), R, 1), split(R.from_signed(y), R, 2)
+    sb, cb = 62, 52  # |x·y| < 2^49
+
+    async def body(p):
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
+        s = await norm.sum_squares_he(p.fork("s"), mine(p, xs), 30, sb)
+        m = await norm.mul_rows_he(p.fork("m"), mine(p, xs), mine(p, ys), 30, 25, cb)
+        k = p.he.union_bits
+        want = norm.sum_squares_he_cost(
+            p.ot, 5, 40, R.with_bits(sb), 30, union_bits=k
+        ) + norm.mul_rows_he_cost(p.ot, 5, 40, 30, 25, cb, k)
+        checked(p, snap, mark, want)
+        return s, m
+
+    (cs, cm), (ss, sm) = await _run_he8k(body)
+    sq = R.with_bits(sb).reduce(cs + ss)
+    exact = (x.astype(object) ** 2).sum(-1, keepdims=True)
+    assert [int(v) for v in sq.reshape(-1)] == [int(v) for v in exact.reshape(-1)]
+    got = R.with_bits(cb).to_signed(R.with_bits(cb).reduce(cm + sm))
+    np.testing.assert_array_equal(got, x * y)
+
+
+@pytest.mark.parametrize(("kind", "weighted"), [("rmsnorm", False), ("layernorm", True)])
+async def test_norms_with_he_products_match_spec_at_fewer_bytes(kind, weighted):
+    """8 rows of 768 (Switch-Base at T = 8): Σc² and c·y by HE (he_products picks both), the
+    result within the same error bound as by COTs, the declared cost exact and below the
+    COT-only one; one row: the COTs are cheaper and kept."""
+    rng = np.random.default_rng(7)
+    xf = rng.normal(0.5, 3.0, (8, 768))
+    xf[1] = 0.2 * rng.normal(size=768)
+    xf[2] = 0.0
+    xf[2, 7] = 300.0  # one dominant element: |z| ≈ √d
+    w, b = rng.uniform(-2, 2, 768), rng.normal(0, 1, 768)
+    w_ = w if weighted else None
+    x = R.encode(xf)
+    xs = split(x, R, 3)
+    vr = (-8, 12)
+
+    async def body(p):
+        srv = p.role == "server"
+        snap, mark = p.ch.stats.snapshot(), p.ot.mark()
+        mw = w_ if srv else None
+        kw = {"weighted": weighted, "he": True}
+        if kind == "layernorm":
+            y = await norm.layernorm(
+                p.fork("n"), mine(p, xs), mw, b if srv else None, EPS, vr, **kw
+            )
+        else:
+            y = await norm.rmsnorm(p.fork("n"), mine(p, xs), mw, EPS, vr, **kw)
+        k = p.he.union_bits
+        cost = norm.norm_cost(p.ot, x.shape, R, vr, kind == "layernorm", union_bits=k, **kw)
+        checked(p, snap, mark, cost)
+        ot = norm.norm_cost(p.ot, x.shape, R, vr, kind == "layernorm", weighted=weighted)
+        assert cost.bytes_total < 0.6 * ot.bytes_total
+        assert norm.he_products(p.ot, 8, 768, R, vr, union_bits=k) == (True, True)
+        assert norm.he_products(p.ot, 1, 768, R, vr, union_bits=k) == (False, False)
+        assert not norm.he_products(p.ot, 8, 4096, R, vr, union_bits=k)[0]  # no plan: COTs
+        if srv:  # the flooded coefficients under the HE_8K key: the declared bound, reached
+            used = p.he.server(HE_8K).pk.budget.used
+            assert used == norm.he_coefficients(8, 768, union_bits=k)
+        return y
+
+    cy, sy = await _run_he8k(body)
+    got = R.to_signed(opened((cy, sy), R))
+    if kind == "layernorm":
+        spec = norm.ideal_layernorm(x, R, w_, b, EPS, vr)
+    else:
+        spec = norm.ideal_rmsnorm(x, R, w_, EPS, vr)
+    err = np.abs(got - R.to_signed(spec))
+    assert (err <= norm.error_bound(x, R, w_, EPS, vr, kind == "layernorm")).all()
+    ref = float_layernorm(xf, w, b) if kind == "layernorm" else float_rmsnorm(xf, 1.0)
+    assert np.abs(got / 2**18 - ref).max() < 2e-3
