@@ -1,4 +1,5 @@
-"""``secmoe generate``: private text generation, greedy or sampled (``--temperature``),
+"""``secmoe generate``: private text generation, greedy or sampled (``--temperature``,
+``--top-k``, ``--seed``),
 against a ``secmoe serve`` (the ``generate`` session kind, :mod:`secmoe.model.generate`). The
 client tokenizes its text, the server runs one setup, the prompt's forward pass and one step
 per new token on a secret-shared KV cache; each token is revealed to the client only, which
@@ -16,11 +17,11 @@ from typing import Any
 import numpy as np
 
 from ..app import options_from_args, run_async, warn_insecure
-from ..crypto.prg import PRG
 from ..model.config import ModelConfig
-from ..model.generate import TokenStep, generate_session, gumbel_noise
+from ..model.generate import TokenStep, generate_session
 from ..model.session import InputError
 from ..net.transcript import TranscriptWriter
+from ..ops.sampling import MAX_TEMPERATURE, check_sampling, gumbel_noise, sampling_prg
 from ..text import load_tokenizer, read_text
 from ..text import tokenize as tokenize_text
 from .args import add_client_args, add_strategy_args, positive_float, positive_int
@@ -28,7 +29,7 @@ from .client import connect_server
 from .output import table
 
 NAME = "generate"
-HELP = "the client: private greedy text generation against a server"
+HELP = "the client: private text generation (greedy or sampled) against a server"
 
 #: End-of-sequence tokens looked up in the tokenizer when --eos-id is not given.
 EOS_TOKENS = ("</s>", "<|endoftext|>", "<|im_end|>", "<eos>", "[EOS]")
@@ -63,9 +64,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--temperature",
         type=positive_float,
-        help="sample from softmax(logits / T) instead of greedy decoding: this side adds T·Gumbel "
-        "noise (from its cryptographic PRG) to its share of the logits before the argmax, so "
-        "the server sees the same messages as for greedy decoding",
+        help="sample from softmax(logits / T) instead of greedy decoding (0 < T ≤ "
+        f"{MAX_TEMPERATURE:g}): this side adds T·Gumbel noise (from its cryptographic PRG) to "
+        "its share of the logits before the argmax, so the server sees the same messages as "
+        "for greedy decoding",
+    )
+    p.add_argument(
+        "--top-k",
+        type=positive_int,
+        metavar="K",
+        help="sample among the K largest logits only (at --temperature, default 1); the server "
+        "learns K (the top-k runs on shares), not the temperature nor the tokens",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="seed this side's sampling PRG (reproducible samples; the protocol's own "
+        "randomness stays fresh); needs --temperature or --top-k",
     )
     p.add_argument(
         "--no-cache",
@@ -85,6 +100,16 @@ def eos_id(args: argparse.Namespace, tokenizer: Any) -> int | None:
         return args.eos_id
     found = (tokenizer.token_to_id(t) for t in EOS_TOKENS)
     return next((i for i in found if i is not None), None)
+
+
+def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage errors before connecting: --seed without sampling, a temperature out of range."""
+    if args.seed is not None and args.temperature is None and args.top_k is None:
+        parser.error("--seed seeds the sampling: give --temperature or --top-k")
+    try:
+        check_sampling(args.temperature, args.top_k)
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,6 +139,9 @@ async def _generate(args: argparse.Namespace) -> dict[str, Any]:
             ids = ids[:, -room:]
         return ids
 
+    sampled = args.temperature is not None or args.top_k is not None
+    temperature = (args.temperature or 1.0) if sampled else None
+    rng = sampling_prg(args.seed)
     writer = TranscriptWriter(args.transcript) if args.transcript else None
     ids: list[int] = []
     shown = ""
@@ -140,7 +168,8 @@ async def _generate(args: argparse.Namespace) -> dict[str, Any]:
                 options=options_from_args(args),
                 use_cache=not args.no_cache,
                 on_token=on_token,
-                noise=None if args.temperature is None else gumbel_noise(PRG(), args.temperature),
+                noise=None if temperature is None else gumbel_noise(rng, temperature),
+                top_k=args.top_k,
             )
         finally:
             await ch.close()
@@ -165,7 +194,11 @@ async def _generate(args: argparse.Namespace) -> dict[str, Any]:
         "setup": {"seconds": res.setup_seconds, "bytes": res.setup.bytes_total},
         "seconds": res.seconds,
         "tokens": [s.as_dict() for s in gen.steps],
-    } | ({} if args.temperature is None else {"temperature": args.temperature})
+    } | (
+        {"sampling": {"temperature": temperature, "top_k": args.top_k, "seed": args.seed}}
+        if sampled
+        else {}
+    )
 
 
 def render(out: dict[str, Any]) -> Iterator[str]:

@@ -1,5 +1,5 @@
 """Private text generation on shares with a secret-shared KV cache: greedy decoding, or
-sampling with the client's Gumbel noise.
+sampling (temperature, top-k) with the client's Gumbel noise.
 
 Both parties run :func:`secure_generate` (SPMD), the server with the weights, the client with
 its prompt's token ids. Per generated token (one *step*, forks ``step{i}``)::
@@ -10,21 +10,25 @@ its prompt's token ids. Per generated token (one *step*, forks ``step{i}``)::
              RoPE at that position, attention over the cached window and itself (causal by
              construction), its k, v appended; MoE on one token (``select``: bytes do not grow
              with E)
-    then     argmax over the vocabulary on shares (:func:`secmoe.ops.argmax.argmax_index`,
-             a tournament carrying the index: V − 1 comparisons, ⌈log2 V⌉ levels), the index
-             revealed to the client only; the client tells the server whether to go on
-             (``gen/more``) and feeds the token back as its secret input (one-hot shared
-             by the client, embedded by HE, as any input)
+    then     the next token on shares (:func:`secmoe.ops.sampling.next_token`): argmax over
+             the vocabulary (a tournament carrying the index: V − 1 comparisons, ⌈log2 V⌉
+             levels), or with top-k the k largest logits first; the index revealed to the
+             client only; the client tells the server whether to go on (``gen/more``) and
+             feeds the token back as its secret input (one-hot shared by the client,
+             embedded by HE, as any input)
 
 Without the cache (``use_cache=False``, the baseline) step i recomputes the whole prefix
-(B, T + i). Sampling (``noise``): before the argmax the client adds τ·Gumbel noise to its
-share of the logits (local), so the argmax is a sample of softmax(logits/τ) and the messages
-are those of greedy decoding.
+(B, T + i). Sampling (``noise``): before the argmax the client adds τ·Gumbel noise from its
+own PRG to its share of the logits (local), so the argmax is a sample of softmax(logits/τ)
+and the messages are those of greedy decoding; with ``top_k`` (public: it shapes the
+messages) the noise goes on the k largest logits, a sample of softmax(logits/τ) restricted to
+them (:mod:`secmoe.ops.sampling`).
 
 Who learns what: the client learns the generated ids (and nothing else about the weights); the
 server learns neither the prompt nor the generated text, nor which experts they used; it
-learns the batch shape, the strategy, max_new_tokens and how many tokens were generated (when
-the client stops at an end-of-sequence id; pass no EOS id to hide that too). The server's
+learns the batch shape, the strategy, max_new_tokens, top-k if the client asks for it (not the
+temperature, nor whether the client samples) and how many tokens were generated (when the
+client stops at an end-of-sequence id; pass no EOS id to hide that too). The server's
 transcript of two prompts of the same length and the same number of steps is identical
 (direction, path, tag, bytes), see tests/model/test_generate.py.
 
@@ -49,8 +53,8 @@ from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING
 from ..net import Channel
 from ..net.stats import Delta
-from ..ops.argmax import argmax_index
 from ..ops.linear import DEFAULT_CACHE_BUDGET
+from ..ops.sampling import Noise, check_sampling, next_token
 from ..protocols.party import Party
 from ..protocols.shares import reveal
 from .config import ModelConfig
@@ -81,26 +85,6 @@ from .session import (
 from .weights import ModelWeights
 
 DEFAULT_OPTIONS = RunOptions()
-#: Sampling noise: a function of the logits' shape giving the float noise added to them.
-Noise = Callable[[tuple[int, ...]], np.ndarray]
-#: Gumbel noise is clipped to this (the largest of 2^24 draws is ~17): the argmax compares
-#: differences of at most 2^(32−1−f) = 8192 at f = 18 (:mod:`secmoe.ops.argmax`).
-GUMBEL_CLIP = 64.0
-
-
-def gumbel_noise(prg: PRG, temperature: float) -> Noise:
-    """τ·Gumbel(0, 1) noise from the client's PRG (53-bit uniforms u, −log(−log u)): the
-    argmax of logits + τ·g is a sample of softmax(logits/τ) (the Gumbel-max trick), so
-    sampling costs nothing on the wire and the server cannot tell it from greedy decoding.
-    ``ValueError`` unless τ is a finite number > 0."""
-    if not (np.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"the temperature must be a finite number > 0, got {temperature}")
-
-    def draw(shape: tuple[int, ...]) -> np.ndarray:
-        u = ((prg.uint64(shape) >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
-        return temperature * np.clip(-np.log(-np.log(u)), -GUMBEL_CLIP, GUMBEL_CLIP)
-
-    return draw
 
 
 @dataclass(frozen=True)
@@ -223,9 +207,10 @@ async def secure_generate(
     use_cache: bool = True,
     on_token: Callable[[TokenStep], None] | None = None,
     noise: Noise | None = None,
+    top_k: int | None = None,
 ) -> Generation:
     """Private generation of up to ``max_new_tokens`` tokens after the prompt: greedy, or
-    sampled with the client's ``noise`` (:func:`gumbel_noise`).
+    sampled with the client's ``noise`` (:func:`secmoe.ops.sampling.gumbel_noise`).
 
     Args:
         p: this party (OT pool and HE set up, weights prepared: :func:`setup_generation`).
@@ -239,10 +224,12 @@ async def secure_generate(
         options: the public run options (MoE strategy).
         use_cache: the secret-shared KV cache; without it each step recomputes the prefix.
         on_token: called after each token (the client sees its ids).
-        noise: client only: a function of the logits' shape (B, V) giving float noise the
-            client adds to its share of the logits before the argmax (local: the transcript
-            is the greedy one). Gumbel noise scaled by a temperature τ samples from
-            softmax(logits/τ) (:func:`gumbel_noise`).
+        noise: client only: a function of a shape — the logits' (B, V), or (B, k) with
+            top-k — giving float noise the client adds to its share of those values before
+            the argmax (local: the transcript is the one without noise). Gumbel noise
+            scaled by a temperature τ samples from softmax(logits/τ)
+            (:func:`secmoe.ops.sampling.gumbel_noise`).
+        top_k: restrict to the k largest logits (public, both parties; ``None``: all).
 
     Returns:
         the :class:`Generation` (ids on the client only).
@@ -256,6 +243,7 @@ async def secure_generate(
     check_roles(p, weights, prompt)
     if noise is not None and p.role != "client":
         raise ValueError("the sampling noise is the client's")
+    check_sampling(None, top_k, cfg.vocab_size)
     b, t = shape
     check_length(cfg, t, max_new_tokens)
     client = p.role == "client"
@@ -272,10 +260,7 @@ async def secure_generate(
         logits = await forward_pass(
             f, cfg, weights, inputs, rows, options, cache=cache, last_only=True
         )
-        logits = logits[:, 0]
-        if client and noise is not None:
-            logits = p.ring.reduce(logits + p.ring.encode(noise(logits.shape)))
-        _, index = await argmax_index(f.fork("argmax"), logits)
+        index = await next_token(f, logits[:, 0], top_k, noise)
         token = await reveal(f.fork("token"), index, to="client")
         more = i + 1 < max_new_tokens
         ids = None
@@ -346,9 +331,11 @@ async def setup_generation(
 
 #: The session kind of a generation request (``secmoe serve`` registers :func:`serve_generate`).
 GENERATE = "generate"
-GENERATE_FIELDS = ("kind", "strategy", "shape", "max_new_tokens", "cache")
+GENERATE_FIELDS = ("kind", "strategy", "shape", "max_new_tokens", "cache", "top_k")
 #: Seconds a session's deadline grows by per generated token (beyond the plan's rate).
 STEP_SECONDS = 30.0
+#: Seconds per token, top-k round and 1000 vocabulary entries (top-k's tournaments).
+TOPK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -360,6 +347,7 @@ class GeneratePlan:
     max_new_tokens: int
     use_cache: bool
     union_bits: int
+    top_k: int | None = None
 
 
 def check_generate_request(req: dict, cfg: ModelConfig, limits: ServerLimits) -> GeneratePlan:
@@ -371,6 +359,11 @@ def check_generate_request(req: dict, cfg: ModelConfig, limits: ServerLimits) ->
     if unknown:
         raise SessionRefused(f"unknown generate request fields {', '.join(unknown)}")
     n, cache, shape = req.get("max_new_tokens"), req.get("cache", True), req.get("shape")
+    top_k = req.get("top_k")
+    try:
+        check_sampling(None, top_k, cfg.vocab_size)
+    except ValueError as exc:
+        raise SessionRefused(str(exc)) from None
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= cfg.seq_len:
         raise SessionRefused(f"max_new_tokens must be an integer in [1, {cfg.seq_len}]")
     if not isinstance(cache, bool):
@@ -391,16 +384,18 @@ def check_generate_request(req: dict, cfg: ModelConfig, limits: ServerLimits) ->
         raise SessionRefused(str(exc)) from None
     demand = generation_demand(cfg, (b, t), n, options, cache)
     union_bits, _ = plan_flooding(demand, 1, limits.union_bits)
-    return GeneratePlan(options, (b, t), n, cache, union_bits)
+    return GeneratePlan(options, (b, t), n, cache, union_bits, top_k)
 
 
 def generation_deadline(cfg: ModelConfig, plan: GeneratePlan) -> float:
     """The session's deadline (s): the plan's for every row computed, plus
-    :data:`STEP_SECONDS` per token."""
+    :data:`STEP_SECONDS` per token (and :data:`TOPK_SECONDS` per top-k round and 1000
+    vocabulary entries)."""
     b, t = plan.shape
     n = plan.max_new_tokens
     rows = t + n if plan.use_cache else sum(t + i for i in range(n))
-    return session_deadline(cfg, (b, rows), plan.options) + STEP_SECONDS * n
+    topk = TOPK_SECONDS * (plan.top_k or 0) * b * cfg.vocab_size / 1000
+    return session_deadline(cfg, (b, rows), plan.options) + (STEP_SECONDS + topk) * n
 
 
 async def serve_generate(ctx: ServeContext, req: dict) -> SessionResult:
@@ -446,6 +441,7 @@ async def serve_generate(ctx: ServeContext, req: dict) -> SessionResult:
             plan.max_new_tokens,
             options=plan.options,
             use_cache=plan.use_cache,
+            top_k=plan.top_k,
         )
     return SessionResult(None, time.perf_counter() - t1, setup_s, ch.stats, batches=len(gen.steps))
 
@@ -474,13 +470,14 @@ async def generate_session(
     prg: PRG | None = None,
     on_token: Callable[[TokenStep], None] | None = None,
     noise: Noise | None = None,
+    top_k: int | None = None,
 ) -> ClientGeneration:
     """The client's side of a ``generate`` session: receives the server's config, checks the
     prompt (token ids (B, T) or (T,), or a function of the config making them;
     :class:`~secmoe.model.session.InputError` before any cryptography) and the length, asks,
     sets up once and generates (:func:`secure_generate`; ``noise``: the client's sampling
-    noise, see :func:`gumbel_noise`); :class:`SessionRefused` with the
-    server's reason if it refuses."""
+    noise, see :func:`secmoe.ops.sampling.gumbel_noise`; ``top_k``: asked of the server);
+    :class:`SessionRefused` with the server's reason if it refuses."""
     t0, snap = time.perf_counter(), ch.stats.snapshot()
     with ch.phase("setup"):
         model = await ch.recv(tag="setup/model")
@@ -491,12 +488,14 @@ async def generate_session(
         shape = (int(x.shape[0]), int(x.shape[1]))
         check_generation(cfg, options)
         check_length(cfg, shape[1], max_new_tokens)
+        check_sampling(None, top_k, cfg.vocab_size)
         request = {
             "kind": GENERATE,
             "strategy": options.strategy,
             "shape": list(shape),
             "max_new_tokens": max_new_tokens,
             "cache": use_cache,
+            "top_k": top_k,
         }
         await ch.send(request, tag="setup/request")
         answer = await ch.recv(tag="setup/answer")
@@ -533,6 +532,7 @@ async def generate_session(
         use_cache=use_cache,
         on_token=on_token,
         noise=noise,
+        top_k=top_k,
     )
     return ClientGeneration(
         gen, cfg, model.get("model_id"), setup_s, setup, time.perf_counter() - t1
@@ -546,11 +546,9 @@ def cache_bytes_per_token(cfg: ModelConfig, batch: int = 1) -> int:
 
 __all__ = [
     "GENERATE",
-    "GUMBEL_CLIP",
     "ClientGeneration",
     "GeneratePlan",
     "Generation",
-    "Noise",
     "TokenStep",
     "cache_bytes_per_token",
     "check_generate_request",
@@ -560,7 +558,6 @@ __all__ = [
     "generation_deadline",
     "generation_demand",
     "generation_shapes",
-    "gumbel_noise",
     "secure_generate",
     "serve_generate",
     "setup_generation",

@@ -54,10 +54,11 @@ from ..ops.linear import (
     W_BITS,
     prepare,
     prepare_select,
+    secret_product_by_ot,
     select_chunk,
     setup_he,
 )
-from ..ops.moe import INSECURE_STRATEGIES
+from ..ops.moe import INSECURE_STRATEGIES, prepare_all_step
 from ..protocols.he_linear import plan_matmul
 from ..protocols.party import Party
 from .config import ModelConfig
@@ -173,7 +174,8 @@ def flood_demand(cfg: ModelConfig, shape: tuple[int, int], options: RunOptions) 
     big = 0
     for i in range(cfg.n_layers):
         small += rows * (h * dk + 2 * cfg.kv_heads * dk + d)  # q, k, v, o
-        big += 2 * (b * h * t * t + b * h * t * dk)  # qkᵀ and pv
+        for m, k, n in ((t, dk, t), (t, t, dk)):  # qkᵀ and pv, unless by OT
+            big += 0 if secret_product_by_ot(b * h, m, k, n) else 2 * b * h * m * n
         if not cfg.is_moe(i):
             small += rows * (cfg.d_ff_dense * (2 if cfg.gated else 1) + d)
             continue
@@ -286,6 +288,9 @@ def prepare_weights(
             f = weights.layers[i].ffn
             prepare_select(p, [m for m in (f.w1, f.v) if m is not None], rows)
             prepare_select(p, [f.w2], rows)
+    if options.strategy == "all" and shape[1] == 1:  # a decoding step's fused products
+        for i in cfg.moe_layers:
+            prepare_all_step(p, weights.layers[i].ffn, moe_spec(cfg, options), rows)
 
 
 #: The session kind of a request that names none: inference of batches of inputs.

@@ -13,7 +13,9 @@ The payload is what the winner drags along: nothing for the softmax's max
 (:func:`secmoe.ops.softmax.row_max`), the entries' own index for :func:`argmax_index` (the
 greedy decoder's next token: 2 MUXed elements per match, not the one-hot of
 :func:`secmoe.protocols.select.argmax` whose width doubles each level, so a 32K vocabulary
-costs n − 1 comparisons and 2(n − 1) MUXes in 15 levels).
+costs n − 1 comparisons and 2(n − 1) MUXes in 15 levels). :func:`topk_index`: the k largest
+entries and their indices by k such tournaments, each winner knocked out through the one-hot
+of its index (top-k sampling, :mod:`secmoe.ops.sampling`).
 
 Who learns what: nothing (only the shape); the caller reveals what it wants, to whom.
 Range: |x_i − x_j| < 2^(bits−1) in ring units (``bits`` = 32: |Δ| < 8192 at f = 18).
@@ -30,9 +32,11 @@ import numpy as np
 from ..crypto.ring import Ring
 from ..protocols import boolean
 from ..protocols.boolean import CLIENT
+from ..protocols.compare import cost_millionaires
 from ..protocols.cost import Cost
 from ..protocols.ot.pool import OTPool
 from ..protocols.party import Party
+from ..protocols.select import onehot
 from .piecewise import DEFAULT_CMP_BITS, compare_breakpoints, compare_cost
 
 
@@ -111,4 +115,55 @@ def argmax_index_cost(
     return tournament_cost(pool, rows, n, ring, bits, carried=1)
 
 
-__all__ = ["argmax_index", "argmax_index_cost", "tournament", "tournament_cost"]
+def index_bits(n: int) -> int:
+    """Bits of an index in [0, n) for the equality tests of :func:`topk_index`."""
+    return max(2, (n - 1).bit_length())
+
+
+async def topk_index(
+    p: Party, x: np.ndarray, k: int, bits: int = DEFAULT_CMP_BITS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shares of the k largest entries along the last axis and of their indices, each
+    x.shape[:-1] + (k,), best first (ties to the lower index, as a stable descending sort).
+
+    k rounds of :func:`argmax_index`; after each but the last, the winner is pushed down by
+    2^(bits−2) ring units (its one-hot from :func:`secmoe.protocols.select.onehot`: n equality
+    tests of :func:`index_bits` bits and a B2A, then a local product with the public
+    constant), below every entry still in the race. Range: |x_i − x_j| < 2^(bits−2) ring
+    units (4096 at f = 18). Who learns what: nothing. Cost: :func:`topk_index_cost`.
+    """
+    n = x.shape[-1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    ring = p.ring
+    vals = ring.reduce(np.asarray(x, dtype=np.uint64))
+    best, where = [], []
+    for j in range(k):
+        f = p.fork(f"top{j}")
+        m, i = await argmax_index(f.fork("argmax"), vals, bits)
+        best.append(m)
+        where.append(i)
+        if j + 1 < k:
+            hot = await onehot(f.fork("out"), i, n, index_bits(n))
+            vals = ring.reduce(vals - hot * np.uint64(1 << (bits - 2)))
+    return np.stack(best, axis=-1), np.stack(where, axis=-1)
+
+
+def topk_index_cost(
+    pool: OTPool, rows: int, n: int, k: int, ring: Ring, bits: int = DEFAULT_CMP_BITS
+) -> Cost:
+    """Declared cost of :func:`topk_index` on ``rows`` rows of n entries."""
+    out = cost_millionaires(pool, rows * n, index_bits(n), want_eq=True)
+    out = out + boolean.cost_b2a(pool, rows * n, ring.bits)
+    return argmax_index_cost(pool, rows, n, ring, bits).times(k) + out.times(k - 1)
+
+
+__all__ = [
+    "argmax_index",
+    "argmax_index_cost",
+    "index_bits",
+    "topk_index",
+    "topk_index_cost",
+    "tournament",
+    "tournament_cost",
+]

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..crypto.he import FloodBudget
 from ..crypto.he_params import FLOOD_UNION_BITS, HE_8K, HE_16K, HEParams
+from ..crypto.ring import DEFAULT_RING, Ring
 from ..protocols import arith
 from ..protocols.boolean import bits_of_01, cost_mux, mux
 from ..protocols.he_linear import (
@@ -44,6 +45,7 @@ from ..protocols.he_linear import (
     plan_matmul,
 )
 from ..protocols.he_secret import (
+    block_diagonal_zero,
     plan_secret_matmul,
     secret_matmul_client,
     secret_matmul_cost,
@@ -163,11 +165,23 @@ def prepare(p: Party, w: np.ndarray | Sequence[np.ndarray], rows: int) -> Encode
         )
     hs = [m.shape[1] for m in ws]
     plan = plan_matmul(rows, ws[0].shape[0], hs, HE_8K, w_bits=W_BITS, union_bits=st.union_bits)
+    return _encode(st, key, encs, plan)
+
+
+def _encode(
+    st: HEState, key: tuple, encs: list[np.ndarray], plan, public_zero: list | None = None
+) -> EncodedWeights:
+    """Encode for ``plan`` into the cache under ``key``: NTT plaintexts while the budget lasts."""
     cache = "ntt" if plan.cache_bytes() <= st.cache_budget else "blocks"
     if cache == "ntt":
         st.cache_budget -= plan.cache_bytes()
     st.encoded[key] = encode_weights(
-        st.server(HE_8K).ctx, encs, plan, cache=cache, skip_zero_blocks=st.skip_zero_blocks
+        st.server(HE_8K).ctx,
+        encs,
+        plan,
+        cache=cache,
+        skip_zero_blocks=st.skip_zero_blocks,
+        public_zero=public_zero,
     )
     return st.encoded[key]
 
@@ -227,25 +241,125 @@ async def linear_batched(
     return await arith.trunc(p.fork("trunc"), np.stack([y for (y,) in ys]))
 
 
+def _plan_bytes(p: Party, t: int, d: int, hs: Sequence[int]) -> int:
+    """Ciphertext bytes (both ways) of one plain-weight HE product X (t, d) by W_m (d, h_m)."""
+    plan = plan_matmul(t, d, list(hs), HE_8K, w_bits=W_BITS, union_bits=_state(p).union_bits)
+    return sum(plan.ct_bytes())
+
+
+def fused_is_cheaper(p: Party, t: int, d: int, hs: Sequence[int]) -> bool:
+    """Whether one :func:`linear_fused` product of X (t, d) by every W_m (d, h_m) declares
+    fewer bytes than one product per weight (public shapes: both parties decide alike)."""
+    return _plan_bytes(p, t, d, hs) < sum(_plan_bytes(p, t, d, [h]) for h in hs)
+
+
+def diagonal_is_cheaper(p: Party, m: int, t: int, d: int, h: int) -> bool:
+    """Whether :func:`linear_diagonal` of m inputs (t, d) by m weights (d, h) declares fewer
+    bytes than :func:`linear_batched`'s m products."""
+    return _plan_bytes(p, t, m * d, [m * h]) < m * _plan_bytes(p, t, d, [h])
+
+
+def _plan_diagonal(st: HEState, m: int, t: int, d: int, h: int):
+    return plan_matmul(t, m * d, [m * h], HE_8K, w_bits=W_BITS, union_bits=st.union_bits)
+
+
+def prepare_diagonal(p: Party, ws: np.ndarray, rows: int) -> EncodedWeights:
+    """Server: encode diag(W_1, …, W_m) of the stacked weights ws (m, d, h) for
+    :func:`linear_diagonal` with ``rows`` rows (setup). The blocks outside the diagonal, zero
+    by this public structure, are neither encoded nor multiplied."""
+    st = _state(p)
+    key = ("diagonal", _key(ws, rows))
+    if key in st.encoded:
+        return st.encoded[key]
+    m, d, h = ws.shape
+    plan = _plan_diagonal(st, m, rows, d, h)
+    encs = _int_weights(p, ws)
+    diag = np.zeros((m * d, m * h), dtype=encs.dtype)
+    for i in range(m):
+        diag[i * d : (i + 1) * d, i * h : (i + 1) * h] = encs[i]
+    return _encode(st, key, [diag], plan, public_zero=[block_diagonal_zero(plan, m)])
+
+
+async def linear_diagonal(p: Party, xs: np.ndarray, ws: np.ndarray | None, h: int) -> np.ndarray:
+    """Shares of trunc(X_i·W_i) for xs (m, t, d), as :func:`linear_batched` with every
+    expert, in one HE product [X_1 | … | X_m]·diag(W_1, …, W_m): the client encrypts its m
+    inputs together, the server returns m·t·h results in as few ciphertexts as they fill
+    (a decoding step's m tiny products would each send a mostly empty ciphertext both ways).
+    The server passes its stacked weights ws (m, d, h) (:func:`prepare_diagonal`)."""
+    st = _state(p)
+    m, t, d = xs.shape
+    x = xs.transpose(1, 0, 2).reshape(t, m * d)
+    f = p.fork("he")
+    if p.role == "client":
+        plan = _plan_diagonal(st, m, t, d, h)
+        (y,) = await matmul_client(f.ch, st.client(HE_8K), x, plan, f.prg, ring=p.ring)
+    else:
+        if ws is None or ws.shape != (m, d, h):
+            raise ValueError(f"server weights of shape {None if ws is None else ws.shape}")
+        enc = st.encoded.get(("diagonal", _key(ws, t))) or prepare_diagonal(p, ws, t)
+        (y,) = await matmul_server(f.ch, st.server(HE_8K), x, enc, f.prg, ring=p.ring)
+    y = y.reshape(t, m, h).transpose(1, 0, 2)
+    return await arith.trunc(p.fork("trunc"), y)
+
+
+def _secret_he_bytes(heads: int, m: int, k: int, n: int, union_bits: int) -> int:
+    """Declared bytes (both ways) of :func:`matmul`'s HE product of ``heads`` (m×k)·(k×n)."""
+    plan = plan_secret_matmul(m, k, n, heads, HE_16K, union_bits=union_bits)
+    he = secret_matmul_cost(plan)
+    return he["bytes_c2s"] + he["bytes_s2c"]
+
+
+def _heads(a_shape: tuple[int, ...]) -> tuple[int, int, int]:
+    *lead, m, k = a_shape
+    return (int(np.prod(lead, dtype=np.int64)) if lead else 1), m, k
+
+
+def secret_product_by_ot(heads: int, m: int, k: int, n: int, ring: Ring = DEFAULT_RING) -> bool:
+    """Whether :func:`matmul` computes ``heads`` products (m×k)·(k×n) by OT: for one row
+    (m = 1: a decoding step's query over its cache, whose HE product would send mostly empty
+    ciphertexts), when the k·n elementwise products' bytes with the default (silent) OT
+    source — ℓ(ℓ+1) bits of correlations and 2ℓ choice bits each, 536 B at ℓ = 64 — are below
+    the HE product's declared bytes (at the default κ). Passes of several rows keep HE, so
+    their bytes are as before. A function of the public shapes only, so both parties and the
+    flooding plan (:func:`secmoe.model.session.flood_demand`) agree. (With the IKNP source an
+    OT product costs ~4.8× more than estimated here.)"""
+    if m != 1:
+        return False
+    per_product = (ring.bits * (ring.bits + 1) + 2 * ring.bits) // 8
+    return heads * k * n * per_product < _secret_he_bytes(heads, m, k, n, FLOOD_UNION_BITS)
+
+
 async def matmul(p: Party, a: np.ndarray, b: np.ndarray, *, truncate: bool = True) -> np.ndarray:
     """Shares of A·B (batched over leading axes) for shared A (…, m, k), B (…, k, n).
 
-    With ``truncate`` (fixed-point operands) the product is truncated by f; without it (one
-    operand is 0/1, e.g. a one-hot or a dispatch tensor) it is exact.
+    Two protocols computing the same exact product mod 2^ℓ, chosen by
+    :func:`secret_product_by_ot` from the public shapes: the two HE cross products of
+    :mod:`secmoe.protocols.he_secret` (fork ``he``; bytes grow with the ciphertexts), or m·k·n
+    Gilboa products (:func:`secmoe.protocols.arith.mul`, fork ``ot``; 536 B each) summed
+    over k. With ``truncate`` (fixed-point operands) the product is truncated by f;
+    without it (one operand is 0/1, e.g. a one-hot or a dispatch tensor) it is exact.
     """
     st = _state(p)
     lead = a.shape[:-2]
     if b.shape[:-2] != lead or a.shape[-1] != b.shape[-2]:
         raise ValueError(f"matmul shapes {a.shape} · {b.shape} do not match")
-    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    heads = int(np.prod(lead, dtype=np.int64)) if lead else 1
+    heads, m, k = _heads(a.shape)
+    n = b.shape[-1]
     a3, b3 = a.reshape(heads, m, k), b.reshape(heads, k, n)
-    plan = plan_secret_matmul(m, k, n, heads, HE_16K, union_bits=st.union_bits)
-    f = p.fork("he")
-    if p.role == "client":
-        y = await secret_matmul_client(f.ch, st.client(HE_16K), a3, b3, plan, f.prg, ring=p.ring)
+    if secret_product_by_ot(heads, m, k, n, p.ring):
+        prod = await arith.mul(p.fork("ot"), a3[..., None], b3[:, None])  # (heads, m, k, n)
+        y = p.ring.reduce(prod.sum(axis=-2, dtype=np.uint64))
     else:
-        y = await secret_matmul_server(f.ch, st.server(HE_16K), a3, b3, plan, f.prg, ring=p.ring)
+        plan = plan_secret_matmul(m, k, n, heads, HE_16K, union_bits=st.union_bits)
+        f = p.fork("he")
+        if p.role == "client":
+            y = await secret_matmul_client(
+                f.ch, st.client(HE_16K), a3, b3, plan, f.prg, ring=p.ring
+            )
+        else:
+            y = await secret_matmul_server(
+                f.ch, st.server(HE_16K), a3, b3, plan, f.prg, ring=p.ring
+            )
     y = y.reshape(*lead, m, n)
     return await arith.trunc(p.fork("trunc"), y) if truncate else y
 
@@ -253,12 +367,9 @@ async def matmul(p: Party, a: np.ndarray, b: np.ndarray, *, truncate: bool = Tru
 def matmul_01_uses_mux(p: Party, a_shape: tuple[int, ...], n: int) -> bool:
     """Whether :func:`matmul_01` of A (…, m, k) by B (…, k, n) takes the MUX protocol: its
     declared bytes are at most the HE product's (both parties decide alike: public shapes)."""
-    *lead, m, k = a_shape
-    heads = int(np.prod(lead, dtype=np.int64)) if lead else 1
-    plan = plan_secret_matmul(m, k, n, heads, HE_16K, union_bits=_state(p).union_bits)
-    he = secret_matmul_cost(plan)
+    heads, m, k = _heads(a_shape)
     muxes = cost_mux(p.ot, heads * m * k * n, p.ring.bits)
-    return muxes.bytes_total <= he["bytes_c2s"] + he["bytes_s2c"]
+    return muxes.bytes_total <= _secret_he_bytes(heads, m, k, n, _state(p).union_bits)
 
 
 async def matmul_01(p: Party, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -32,7 +32,9 @@ Strategies (the expert outputs y (T, k, d) = FFN_{e(t, j)}(x_t)):
 - ``all`` — every expert on every token with plaintext-weight HE linears, then the one-hot
   combination y = O·Y_all (secret × secret, exact: T·k·E·d MUXes or an HE product, whichever
   declares fewer bytes, :func:`secmoe.ops.linear.matmul_01`): the naive secure baseline (how
-  Iron/BumbleBee would run an MoE).
+  Iron/BumbleBee would run an MoE). On a decoding step (one token per sequence) the E
+  products of W1 (and V) are one fused HE product and those of W2 one block-diagonal product,
+  each when that costs fewer bytes (:func:`prepare_all_step` encodes them in setup).
 - ``dispatch`` — secmoe's oblivious capacity dispatch (:mod:`secmoe.ops.dispatch`): tokens
   go into per-expert buckets of a public capacity C per sequence, every bucket is computed
   full, and the server's work is E·C rows whatever E is. Tokens beyond an expert's capacity
@@ -72,7 +74,18 @@ from ..protocols.select import topk
 from ..protocols.shares import reveal
 from .activations import activation
 from .dispatch import dispatch_tensor, gather_buckets, kept, scatter_outputs
-from .linear import linear, linear_batched, matmul_01, select_linear
+from .linear import (
+    diagonal_is_cheaper,
+    fused_is_cheaper,
+    linear,
+    linear_batched,
+    linear_diagonal,
+    linear_fused,
+    matmul_01,
+    prepare,
+    prepare_diagonal,
+    select_linear,
+)
 from .softmax import softmax
 
 STRATEGIES = ("select", "all", "dispatch", "reveal")
@@ -203,15 +216,58 @@ async def _ffn_selected(
     return y
 
 
+def _step_products(p: Party, spec: MoESpec, rows: int) -> tuple[bool, bool]:
+    """Whether ``all`` on a decoding step of ``rows`` tokens (one per sequence) runs W1 (and
+    V) of every expert as one fused product, and W2 as one block-diagonal product: each when
+    it declares fewer bytes than one product per expert (public shapes)."""
+    n, d, d_ff = spec.n_experts, spec.d_model, spec.d_ff
+    firsts = [d_ff] * (n * (2 if spec.gated else 1))
+    return fused_is_cheaper(p, rows, d, firsts), diagonal_is_cheaper(p, n, rows, d_ff, d)
+
+
+def prepare_all_step(p: Party, w: ExpertWeights, spec: MoESpec, rows: int) -> None:
+    """Server, setup: encode the products ``all`` takes on a decoding step of ``rows`` tokens
+    (:func:`_step_products`; the per-expert ones are :func:`secmoe.ops.linear.prepare`'s)."""
+    fused, diagonal = _step_products(p, spec, rows)
+    names = ["w1", "v"] if spec.gated else ["w1"]
+    if fused:
+        prepare(p, [getattr(w, m)[e] for m in names for e in range(spec.n_experts)], rows)
+    if diagonal:
+        prepare_diagonal(p, w.w2, rows)
+
+
 async def _ffn_batched(
-    p: Party, xs: np.ndarray, w: ExpertWeights | None, spec: MoESpec, experts: list[int]
+    p: Party,
+    xs: np.ndarray,
+    w: ExpertWeights | None,
+    spec: MoESpec,
+    experts: list[int],
+    step: bool = False,
 ) -> np.ndarray:
-    """Each listed expert's FFN on its own rows: xs (len(experts), R, d) → (…, R, d)."""
-    h = await linear_batched(p.fork("w1"), xs, _get(w, "w1"), experts, spec.d_ff)
-    h = await activation(p.fork("act"), h, _ACT[spec.ffn])
-    if spec.gated:
-        g = await linear_batched(p.fork("v"), xs, _get(w, "v"), experts, spec.d_ff)
-        h = await arith.mul_fixed(p.fork("glu"), h, g)
+    """Each listed expert's FFN on its own rows: xs (len(experts), R, d) → (…, R, d).
+
+    ``step``: every expert in order (``experts`` = 0 … E − 1), on the same rows (``all`` on a
+    decoding step, one token per sequence), where one product per expert would send mostly
+    empty ciphertexts: the products :func:`_step_products` picks are fused (the prompt's pass
+    is unchanged).
+    """
+    n = len(experts)
+    fused, diagonal = _step_products(p, spec, xs.shape[1]) if step else (False, False)
+    if fused:
+        names = ["w1", "v"] if spec.gated else ["w1"]
+        ws = None if w is None else [getattr(w, m)[e] for m in names for e in experts]
+        ys = await linear_fused(p.fork("w1"), xs[0], ws, [spec.d_ff] * len(names) * n)
+        h = await activation(p.fork("act"), np.stack(ys[:n]), _ACT[spec.ffn])
+        if spec.gated:
+            h = await arith.mul_fixed(p.fork("glu"), h, np.stack(ys[n:]))
+    else:
+        h = await linear_batched(p.fork("w1"), xs, _get(w, "w1"), experts, spec.d_ff)
+        h = await activation(p.fork("act"), h, _ACT[spec.ffn])
+        if spec.gated:
+            g = await linear_batched(p.fork("v"), xs, _get(w, "v"), experts, spec.d_ff)
+            h = await arith.mul_fixed(p.fork("glu"), h, g)
+    if diagonal:
+        return await linear_diagonal(p.fork("w2"), h, _get(w, "w2"), spec.d_model)
     return await linear_batched(p.fork("w2"), h, _get(w, "w2"), experts, spec.d_model)
 
 
@@ -225,11 +281,17 @@ async def _experts_select(
 
 
 async def _experts_all(
-    p: Party, x: np.ndarray, hots: np.ndarray, w: ExpertWeights | None, spec: MoESpec
+    p: Party,
+    x: np.ndarray,
+    hots: np.ndarray,
+    w: ExpertWeights | None,
+    spec: MoESpec,
+    groups: int = 1,
 ) -> np.ndarray:
     n_e = spec.n_experts
     xs = np.broadcast_to(x, (n_e, *x.shape))
-    y_all = await _ffn_batched(p.fork("ffn"), xs, w, spec, list(range(n_e)))  # (E, T, d)
+    step = x.shape[0] == groups  # one token per sequence: a decoding step
+    y_all = await _ffn_batched(p.fork("ffn"), xs, w, spec, list(range(n_e)), step)  # (E, T, d)
     # y[t, j] = Σ_e O[t, j, e]·Y[e, t]: a (k × E)·(E × d) product per token.
     return await matmul_01(p.fork("combine"), hots, y_all.transpose(1, 0, 2))
 
@@ -301,7 +363,7 @@ async def moe(
     t = x.shape[0] // groups
     cap = spec.capacity_for(t)
     run = _EXPERTS[strategy]
-    extra = {"groups": groups} if strategy == "dispatch" else {}
+    extra = {"groups": groups} if strategy in ("dispatch", "all") else {}
     experts = run(p.fork(strategy), x, hots, w, spec, **extra)  # (T, k, d)
     if strategy != "dispatch" and cap < t:  # public: dispatch's buckets drop by themselves
         # the drop mask runs beside the experts (it needs only the routing): no extra rounds

@@ -76,6 +76,7 @@ from .he_setup import ClientHE, ServerHE
 
 __all__ = [
     "SecretMatmulPlan",
+    "block_diagonal_zero",
     "ideal_secret_matmul",
     "plan_secret_matmul",
     "secret_matmul_client",
@@ -143,7 +144,7 @@ def plan_secret_matmul(
     return best
 
 
-def _diag_zero(plan: MatmulPlan, group: int) -> np.ndarray:
+def block_diagonal_zero(plan: MatmulPlan, group: int) -> np.ndarray:
     """(nb, nc) flags: blocks of a block-diagonal (g·d', g·h') matrix outside the diagonal."""
     d, h = plan.d // group, plan.hs[0] // group
     rows = np.arange(plan.nb) * plan.db
@@ -248,7 +249,7 @@ async def secret_matmul_server(
         none = [None] * n
         cts_l = step_server_import(he, plan.left, bytes(msg["seed_l"]), msg["c0_l"], none)
         cts_r = step_server_import(he, plan.right, bytes(msg["seed_r"]), msg["c0_r"], none)
-        zero_l, zero_r = [_diag_zero(plan.left, g)], [_diag_zero(plan.right, g)]
+        zero_l, zero_r = [block_diagonal_zero(plan.left, g)], [block_diagonal_zero(plan.right, g)]
         out = a_s @ b_s
         c1l, c0l, c1r, c0r = [], [], [], []
         for i in range(n):

@@ -360,7 +360,7 @@ async def test_secret_secret_matmul_is_exact(heads, t, d, h):
 def test_small_heads_are_fused_block_diagonally():
     """At attention's q·kᵀ shape (T = 8, d = 64, K = 12 heads), one block-diagonal product per
     group of heads sends less than half the bytes of one product per head."""
-    from secmoe.protocols.he_secret import _diag_zero, plan_secret_matmul
+    from secmoe.protocols.he_secret import block_diagonal_zero, plan_secret_matmul
 
     plan = plan_secret_matmul(8, 64, 8, 12)
     single = plan_secret_matmul(8, 64, 8, 1)
@@ -374,8 +374,8 @@ def test_small_heads_are_fused_block_diagonally():
     for side, g in ((plan.left, plan.group), (plan.right, plan.group), (g12, 12)):
         ones = np.ones((g, side.d // g, side.hs[0] // g), dtype=np.int64)
         polys = layout_w(_block_diag(ones), side, 0)
-        assert np.array_equal(_diag_zero(side, g), ~polys.any(axis=-1))
-    assert _diag_zero(g12, 12).any()
+        assert np.array_equal(block_diagonal_zero(side, g), ~polys.any(axis=-1))
+    assert block_diagonal_zero(g12, 12).any()
 
 
 # --- several weights, one product (attention's q, k, v) ----------------------------------

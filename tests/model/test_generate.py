@@ -15,12 +15,10 @@ import pytest
 from secmoe.crypto.prg import PRG
 from secmoe.model.config import PRESETS
 from secmoe.model.generate import (
-    GUMBEL_CLIP,
     check_generation,
     check_length,
     generation_demand,
     generation_shapes,
-    gumbel_noise,
     secure_generate,
     setup_generation,
 )
@@ -40,10 +38,19 @@ def _fixture(name: str):
 
 
 async def _generate(
-    weights, prompt, n, options=None, *, use_cache=True, eos_id=None, events=None, noise=None
+    weights,
+    prompt,
+    n,
+    options=None,
+    *,
+    use_cache=True,
+    eos_id=None,
+    events=None,
+    noise=None,
+    top_k=None,
 ):
     """Both parties in this process over the in-memory link; ``events``: the server's
-    recorded messages; ``noise``: the client's sampling noise."""
+    recorded messages; ``noise``: the client's sampling noise; ``top_k``: public."""
     cfg, shape, options = weights.config, prompt.shape, options or RunOptions()
     cch, sch = memory_pair()
     if events is not None:
@@ -63,6 +70,7 @@ async def _generate(
             options=options,
             use_cache=use_cache,
             noise=None if x is None else noise,
+            top_k=top_k,
         )
         if w is not None:  # the flooding plan covers what the server's keys returned
             demand = generation_demand(cfg, shape, n, options, use_cache)
@@ -154,15 +162,6 @@ async def test_server_view_is_the_same_for_two_prompts_and_the_baseline_agrees()
     assert client.ids.tolist() == [sampled[:stop]]
     assert client.stopped == server.stopped == "eos" and len(server.steps) == stop
     assert client.cache_bytes == 0
-
-
-def test_gumbel_noise_has_the_gumbel_mean_and_scales_with_the_temperature():
-    g = gumbel_noise(PRG(b"\x07" * 16), 2.0)((200_000,))
-    assert abs(g.mean() - 2.0 * np.euler_gamma) < 0.02  # E[Gumbel(0, 1)] = γ
-    assert abs(g.std() - 2.0 * np.pi / np.sqrt(6)) < 0.02
-    assert np.isfinite(g).all() and np.abs(g).max() <= 2.0 * GUMBEL_CLIP
-    with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
-        gumbel_noise(PRG(), 0.0)
 
 
 def test_generation_refuses_models_it_would_not_compute_exactly():

@@ -33,12 +33,13 @@ def _greedy(ids: list[int], n: int) -> tuple[list[int], float]:
 
 
 def test_generate_streams_the_reference_greedy_text_over_tcp():
+    # sampled with top-1 (the server runs the top-k on shares): always the greedy choice
     tok = Tokenizer.from_file(str(TOKENIZER))
     expected, margin = _greedy(tok.encode(TEXT).ids, 2)
     assert margin > 0.1  # a clear choice: fixed point cannot flip it
     port = free_port()
     cmd = ["generate", "--connect", f"127.0.0.1:{port}", "--text", TEXT, "--json"]
-    cmd += ["--tokenizer", str(TOKENIZER), "--max-new-tokens", "2"]
+    cmd += ["--tokenizer", str(TOKENIZER), "--max-new-tokens", "2", "--top-k", "1", "--seed", "5"]
     server = serve(port, "--model", str(LM), "--sessions", "1")
     try:
         wait_listening(port, server)
@@ -57,6 +58,7 @@ def test_generate_streams_the_reference_greedy_text_over_tcp():
     assert res["ids"] == expected
     assert res["text"] == tok.decode(expected)
     assert res["stopped"] == "max_new_tokens" and res["eos_id"] is None
+    assert res["sampling"] == {"temperature": 1.0, "top_k": 1, "seed": 5}
     assert [t["index"] for t in res["tokens"]] == [0, 1]
     assert all(t["bytes"] > 0 and t["rounds"] > 0 and t["seconds"] > 0 for t in res["tokens"])
     assert res["tokens"][1]["bytes"] < res["tokens"][0]["bytes"]  # a step on the cache
@@ -69,6 +71,8 @@ def test_generate_usage_errors_are_one_line(tmp_path):
         (["--tokenizer", str(tmp_path / "no.json")], "not found"),
         (["--tokenizer", str(TOKENIZER), "--eos-id", "99"], "--eos-id 99 is outside"),
         (["--tokenizer", str(TOKENIZER), "--max-new-tokens", "0"], "must be at least 1"),
+        (["--tokenizer", str(TOKENIZER), "--seed", "3"], "give --temperature or --top-k"),
+        (["--tokenizer", str(TOKENIZER), "--temperature", "200"], "in (0, 100]"),
     ]
     for extra, message in cases:
         out = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=60)
