@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from ..crypto.he_params import HE_16K
 from ..crypto.prg import PRG
+from ..distributed.pool import ExpertPool
+from ..distributed.runtime import add_worker_args
 from ..model.config import ModelConfig
 from ..model.fixed import FixedOps
 from ..model.reference import moe_forward
@@ -31,6 +34,7 @@ from ..net import Channel
 from ..ops.linear import prepare, prepare_select, select_chunk, setup_he
 from ..ops.moe import INSECURE_STRATEGIES, STRATEGIES, ExpertWeights, MoESpec, moe
 from ..progress import Reporter
+from ..protocols.he_select import SelectWeights
 from ..protocols.party import Party
 from ..protocols.shares import reveal, share
 from .registry import BenchOp, register
@@ -62,6 +66,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--capacity", type=int, help="explicit C per expert (overrides the factor)")
     p.add_argument("--no-check", action="store_true", help="skip the plaintext comparison")
+    add_worker_args(p)
 
 
 def _norm_topk(args: argparse.Namespace) -> bool:
@@ -143,6 +148,9 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
     select = args.strategy == "select"
     items = select_chunk(t, args.experts) * args.experts if select else 0
     p = await setup_he(await Party.setup(ch, PRG()), select_items=items)
+    pool = getattr(args, "pool", None)
+    if p.role == "server" and select and pool is not None:  # the experts go to the workers
+        p.he.pool = pool.session(p.he.server(HE_16K), p.he)
     w = None
     x_plain = None
     if p.role == "server":
@@ -163,7 +171,8 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
         )
         x_plain = p.ring.from_signed(x_plain - (1 << 18))  # uniform in [−1, 1)
     x = await share(p.fork("input"), x_plain, "client", (t, args.d_model))
-    return {"p": p, "w": w, "x": x, "x_plain": x_plain}
+    cpu = pool.cpu_seconds() if p.he.pool is not None else None  # the workers' CPU so far
+    return {"p": p, "w": w, "x": x, "x_plain": x_plain, "worker_cpu": cpu}
 
 
 async def _run(ch: Channel, args: argparse.Namespace, st: dict[str, Any]) -> np.ndarray:
@@ -182,6 +191,8 @@ async def _check(
 ) -> dict[str, Any]:
     p: Party = st["p"]
     extra = {"INSECURE": True} if args.strategy in INSECURE_STRATEGIES else {}
+    if p.role == "server" and args.strategy == "select":
+        extra |= _select_memory(p, getattr(args, "pool", None), st["worker_cpu"])
     if args.no_check:
         return extra
     got = await reveal(p.fork("check"), out, to="client")
@@ -196,6 +207,25 @@ async def _check(
         **extra,
         "max_abs_err_vs_fixed": float(err.max()),
         "mean_abs_err_vs_fixed": float(err.mean()),
+    }
+
+
+def _select_memory(
+    p: Party, pool: ExpertPool | None, cpu_before: list[float] | None
+) -> dict[str, Any]:
+    """Where the experts' encoded selection weights are (bytes in this process, or per
+    worker), the server's seconds in the selections' steps, and the workers' CPU seconds
+    since the setup (the run and its check; the workers do nothing else)."""
+    steps = {f"select_{k}_seconds": round(v, 3) for k, v in p.he.select_seconds.items()}
+    if pool is None or cpu_before is None:
+        local = sum(w.nbytes for w in p.he.selects.values() if isinstance(w, SelectWeights))
+        return {"workers": 0, "select_weights_bytes": [local], **steps}
+    cpu = [round(b - a, 3) for a, b in zip(cpu_before, pool.cpu_seconds(), strict=True)]
+    return {
+        "workers": pool.workers,
+        "select_weights_bytes": pool.encoded_bytes(),
+        "worker_cpu_seconds": cpu,
+        **steps,
     }
 
 

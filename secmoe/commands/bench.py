@@ -8,6 +8,7 @@ from typing import Any
 
 from ..app import run_async
 from ..bench import REGISTRY, run_bench
+from ..distributed.runtime import check_worker_args, server_pool
 from ..net.shaping import PROFILES
 from ..progress import fmt_bytes
 from .args import add_shaping_arg, add_tls_args
@@ -77,12 +78,15 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("the server --listens; the client --connects")
     if args.timeout <= 0 or args.connect_timeout <= 0 or args.accept_timeout <= 0:
         parser.error("timeouts must be positive")
+    if hasattr(args, "workers"):
+        check_worker_args(parser, args)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     op = REGISTRY[args.op]
     op.params(args)  # validate the op's arguments before any connection
-    return run_async(run_bench(op, args))
+    with server_pool(args) as args.pool:  # --workers: Ray actors for the command's duration
+        return run_async(run_bench(op, args))
 
 
 #: Fields :func:`render` shows in its header lines (or, for ``bench model``, in tables).

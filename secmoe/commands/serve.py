@@ -15,6 +15,7 @@ from rich.console import Console
 
 from ..app import APP_PARAMS, load_model, log, mb, peer, release_memory, rss_bytes, run_async
 from ..bench.runner import instrument, tls_from_args
+from ..distributed.runtime import add_worker_args, check_worker_args, server_pool
 from ..model.fold import FoldError, fold_norms
 from ..model.generate import GENERATE, serve_generate
 from ..model.session import (
@@ -132,6 +133,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="a name for the model sent to clients (default: none; no digest of the weights "
         "is ever sent)",
     )
+    add_worker_args(p)
     add_shaping_arg(p, "shape what this side sends")
     p.add_argument(
         "--accept-timeout",
@@ -145,6 +147,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.queue < 0:
         parser.error(f"--queue must be at least 0, got {args.queue}")
+    check_worker_args(parser, args)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -168,6 +171,14 @@ def served_weights(args: argparse.Namespace) -> ModelWeights:
 
 async def _serve(args: argparse.Namespace) -> None:
     weights = served_weights(args)
+    with server_pool(args) as args.pool:  # --workers: Ray actors while the server runs
+        if args.pool is not None:
+            where = f"the Ray cluster at {args.ray_address}" if args.ray_address else "this host"
+            log(f"{args.workers} worker(s) on {where} hold the experts of select")
+        await _listen(args, weights)
+
+
+async def _listen(args: argparse.Namespace, weights: ModelWeights) -> None:
     host, port = parse_hostport(args.listen)
     lst = await listen(
         host,
@@ -259,6 +270,7 @@ async def _serve_one(
             cache_budget=args.weight_cache << 20,
             model_id=args.model_id,
             memory=memory,
+            pool=args.pool,
         )
         outcome = (
             f"done in {res.setup_seconds:.2f} s setup + {res.seconds:.2f} s for {res.batches} "

@@ -257,18 +257,22 @@ async def setup_inference(
     union_bits: int = FLOOD_UNION_BITS,
     skip_zero_blocks: bool = False,
     cache_budget: int = DEFAULT_CACHE_BUDGET,
+    pool: Any = None,
 ) -> Party:
     """OT pool and HE keys (both parties, flooding for 2^κ coefficients per key, κ =
     ``union_bits``); the server then encodes its weights for this batch shape (locally, in the
     setup phase, so no encoding time hides in the measured run), as NTT plaintexts up to
     ``cache_budget`` bytes (beyond, blocks are encoded when used), skipping all-zero weight
     blocks only with ``skip_zero_blocks`` (an operator option that LEAKS the blocks' sparsity
-    through the server's timing)."""
+    through the server's timing); with a ``pool`` (:class:`secmoe.distributed.ExpertPool`) the
+    experts of ``select`` go to its workers instead."""
     rows = shape[0] * shape[1]
     select = options.strategy == "select" and bool(cfg.moe_layers)
     items = select_chunk(rows, cfg.n_experts) * cfg.n_experts if select else 0
     p = await setup_he(await Party.setup(ch, prg), select_items=items, union_bits=union_bits)
     p.he.skip_zero_blocks, p.he.cache_budget = skip_zero_blocks, cache_budget
+    if pool is not None and select and weights is not None:  # the experts go to the workers
+        p.he.pool = pool.session(p.he.server(HE_16K), p.he)
     if weights is not None:
         prepare_weights(p, weights, shape, options)
     return p
@@ -357,6 +361,9 @@ class ServerLimits:
     model_id: str | None = None
     union_bits: int | None = None
     memory: MemoryBudget | None = None
+    #: The workers holding the experts of ``select`` (a :class:`secmoe.distributed.ExpertPool`,
+    #: ``serve --workers``); None: this process.
+    pool: Any = None
 
 
 @dataclass
@@ -618,6 +625,7 @@ async def _serve_batches(ctx: ServeContext, plan: InferPlan) -> SessionResult:
             union_bits=plan.union_bits,
             skip_zero_blocks=lim.skip_zero_blocks,
             cache_budget=lim.cache_budget,
+            pool=lim.pool,
         )
     setup_s = time.perf_counter() - ctx.started
     ttl_end = ctx.started + (lim.session_ttl or math.inf)

@@ -52,7 +52,9 @@ from ..protocols.he_secret import (
     secret_matmul_server,
 )
 from ..protocols.he_select import (
+    ExpertWorkers,
     SelectWeights,
+    ShardedSelect,
     encode_select_weights,
     plan_select,
     select_client,
@@ -80,7 +82,7 @@ class HEState:
 
     keys: dict[str, ClientHE | ServerHE]
     encoded: dict[tuple, EncodedWeights] = field(default_factory=dict)
-    selects: dict[tuple, SelectWeights] = field(default_factory=dict)
+    selects: dict[tuple, SelectWeights | ShardedSelect] = field(default_factory=dict)
     #: Server: bytes of NTT plaintexts the weight cache may hold; past it, weight blocks are
     #: encoded on use (less memory, more online time — counted in the run).
     cache_budget: int = DEFAULT_CACHE_BUDGET
@@ -90,6 +92,12 @@ class HEState:
     #: Server: skip all-zero weight blocks (faster on sparse weights; its timing then LEAKS
     #: which blocks are zero). Off: zero blocks cost the same work as any other.
     skip_zero_blocks: bool = False
+    #: Server: the workers holding the experts of the encrypted selections
+    #: (:mod:`secmoe.distributed`); None: this process holds them.
+    pool: ExpertWorkers | None = None
+    #: Server: seconds of the encrypted selections' steps, summed over the session's calls
+    #: (``products``: expansion, selection and tensor, here or on the workers; ``finish``).
+    select_seconds: dict[str, float] = field(default_factory=dict)
 
     def client(self, params: HEParams) -> ClientHE:
         he = self.keys[params.name]
@@ -419,18 +427,27 @@ def _int_weights(p: Party, w: np.ndarray) -> np.ndarray:
 
 def prepare_select(p: Party, ws: list[np.ndarray], tokens: int) -> None:
     """Server: lay out every expert's matrices (each ws[m] is (E, d, h_m)) for selections over
-    ``tokens`` tokens (setup; chunked as :func:`select_chunk`)."""
+    ``tokens`` tokens (setup; chunked as :func:`select_chunk`), here or, with ``HEState.pool``,
+    each worker its shard of the experts (this process then keeps none of them)."""
     st = _state(p)
     n_e, d = ws[0].shape[:2]
     chunk = select_chunk(tokens, n_e)
+
+    def ints_of(experts: Sequence[int]) -> list[list[np.ndarray]]:
+        return [[_int_weights(p, w[e]) for w in ws] for e in experts]
+
     for rows in {chunk, tokens % chunk} - {0}:
         key = _select_key(ws, rows)
         if key in st.selects:
             continue
         hs = [w.shape[2] for w in ws]
         plan = plan_select(rows, n_e, d, hs, HE_16K, w_bits=W_BITS, union_bits=st.union_bits)
-        ints = [[_int_weights(p, w[e]) for w in ws] for e in range(n_e)]
-        st.selects[key] = encode_select_weights(ints, plan, skip_zero_blocks=st.skip_zero_blocks)
+        if st.pool is not None:
+            st.selects[key] = st.pool.prepare(key, plan, ints_of, st.skip_zero_blocks)
+        else:
+            st.selects[key] = encode_select_weights(
+                ints_of(range(n_e)), plan, skip_zero_blocks=st.skip_zero_blocks
+            )
 
 
 async def select_linear(
@@ -461,7 +478,12 @@ async def select_linear(
             enc = st.selects.get(_select_key(ws, rows))
             if enc is None:
                 raise RuntimeError("expert weights were not prepared for selection in setup")
-            ys = await select_server(f.ch, st.server(HE_16K), ts, xs, enc, f.prg, ring=p.ring)
+            times: dict[str, float] = {}
+            ys = await select_server(
+                f.ch, st.server(HE_16K), ts, xs, enc, f.prg, ring=p.ring, timings=times
+            )
+            for k, v in times.items():
+                st.select_seconds[k] = st.select_seconds.get(k, 0.0) + v
         outs.append(ys)
     joined = [np.concatenate([o[m] for o in outs]) for m in range(len(hs))]
     return [await arith.trunc(p.fork(f"trunc{m}"), y) for m, y in enumerate(joined)]

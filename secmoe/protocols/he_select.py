@@ -64,6 +64,14 @@ linearly with E: T·E·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ plaintext products (the sele
 automorphisms (expansion), 2·T·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ products (the tensor), T·Σ⌈h_m/h_b⌉
 relinearizations and about as many automorphisms (packing). :func:`plan_select` picks d_b, h_b
 and P for the fewest bytes, a key switch counting as :data:`KEY_SWITCH_BYTES`.
+
+**Scale-out** (:mod:`secmoe.distributed`): steps 2-4 are :func:`shard_products`, which runs
+on any subset of the experts (a :class:`SelectWeights` shard): the expansion computes only the
+nodes above its experts' leaves (level j splits on bit j of i = k·E + j', so experts
+j' ≡ w (mod W), W | E, are one subtree: T·E/W − 1 + log2 W automorphisms), and the tensor
+product being bilinear, the shards' accumulators add up to the whole, bit for bit. A
+:class:`ShardedSelect` stands for experts held by workers: the server sums their accumulators
+and does steps 4 (switch, relinearize) to 6 itself; the wire is unchanged.
 """
 
 from __future__ import annotations
@@ -71,9 +79,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Protocol
 
 import numpy as np
 import tenseal.sealapi as sealapi
@@ -110,14 +119,18 @@ from .he_setup import ClientHE, ServerHE, setup_client, setup_server
 
 __all__ = [
     "KEY_SWITCH_BYTES",
+    "ExpertWorkers",
     "SelectPlan",
     "SelectWeights",
+    "ShardedSelect",
     "encode_select_weights",
     "ideal_select",
     "plan_select",
     "select_client",
     "select_cost",
     "select_server",
+    "shard_products",
+    "shard_products_arrays",
 ]
 
 U64 = np.uint64
@@ -198,6 +211,11 @@ class SelectPlan:
     @property
     def n_positions(self) -> int:
         return self.t * sum(self.hs)
+
+    @property
+    def outputs(self) -> list[tuple[int, int]]:
+        """The output blocks (m, c), in the order the server computes them."""
+        return [(m, c) for m in range(len(self.hs)) for c in range(self.nc(m))]
 
     @property
     def galois_elements(self) -> tuple[int, ...]:
@@ -328,7 +346,9 @@ def plan_select(
 
 @dataclass
 class SelectWeights:
-    """The server's expert weights in the selection layout: ``polys[j][m]`` is (nb, nc, N).
+    """The server's expert weights in the selection layout: ``polys[i][m]`` is (nb, nc, N), for
+    expert ``experts[i]`` (all E in order when ``experts`` is None; a worker of
+    :mod:`secmoe.distributed` holds a shard).
 
     As in :class:`~secmoe.protocols.he_common.EncodedWeights`, zero blocks cost the same work
     as any other unless ``skip_zero_blocks`` (an operator option that LEAKS, through the
@@ -337,6 +357,41 @@ class SelectWeights:
 
     plan: SelectPlan
     polys: list[list[np.ndarray]]
+    skip_zero_blocks: bool = False
+    experts: tuple[int, ...] | None = None
+
+    @property
+    def expert_ids(self) -> tuple[int, ...]:
+        return tuple(range(self.plan.e)) if self.experts is None else self.experts
+
+    @cached_property
+    def local(self) -> dict[int, int]:
+        """Expert index → its row of ``polys``."""
+        return {j: i for i, j in enumerate(self.expert_ids)}
+
+    @cached_property
+    def owned(self) -> np.ndarray:
+        """Per one-hot entry i = k·E + j (i < T·E): whether expert j is held here."""
+        mask = np.zeros(self.plan.e, dtype=bool)
+        mask[list(self.expert_ids)] = True
+        return np.tile(mask, self.plan.t)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the encoded weights (bytes)."""
+        return sum(poly.nbytes for row in self.polys for poly in row)
+
+
+@dataclass
+class ShardedSelect:
+    """The coordinator's handle on expert weights held by workers (:mod:`secmoe.distributed`):
+    ``products(root, x0, x1)`` yields, per output block (m, c) in plan order, the sum over the
+    shards of :func:`shard_products_arrays`' accumulators: ``(present (T,), acc (2, T, 2, L,
+    N))``, A and B of each token in NTT form at ``plan.level`` (zero where not present). It
+    holds none of the experts' weights."""
+
+    plan: SelectPlan
+    products: Callable[[np.ndarray, np.ndarray, np.ndarray], Iterator[tuple]]
     skip_zero_blocks: bool = False
 
 
@@ -352,11 +407,17 @@ def _layout_w(w: np.ndarray, plan: SelectPlan, m: int) -> np.ndarray:
 
 
 def encode_select_weights(
-    weights: Sequence[Sequence[np.ndarray]], plan: SelectPlan, *, skip_zero_blocks: bool = False
+    weights: Sequence[Sequence[np.ndarray]],
+    plan: SelectPlan,
+    *,
+    skip_zero_blocks: bool = False,
+    experts: Sequence[int] | None = None,
 ) -> SelectWeights:
-    """Lay out ``weights[j][m]`` (expert j, matrix m, d×h_m signed) for ``plan`` (setup)."""
-    if len(weights) != plan.e:
-        raise ValueError(f"plan has {plan.e} experts, got {len(weights)}")
+    """Lay out ``weights[i][m]`` (expert i, or ``experts[i]`` for a shard; matrix m, d×h_m
+    signed) for ``plan`` (setup)."""
+    ids = tuple(range(plan.e)) if experts is None else tuple(int(j) for j in experts)
+    if len(weights) != len(ids) or not set(ids) <= set(range(plan.e)) or len(set(ids)) != len(ids):
+        raise ValueError(f"plan has {plan.e} experts, got {len(weights)} for experts {ids}")
     polys = []
     for ws in weights:
         if len(ws) != len(plan.hs):
@@ -370,7 +431,21 @@ def encode_select_weights(
                 raise ValueError(f"weights exceed the public bound 2^{plan.w_bits - 1}")
             row.append(_layout_w(w, plan, m))
         polys.append(row)
-    return SelectWeights(plan, polys, skip_zero_blocks)
+    return SelectWeights(plan, polys, skip_zero_blocks, None if experts is None else ids)
+
+
+class ExpertWorkers(Protocol):
+    """Where the server's experts live when it scales out (a session's view of a
+    :class:`secmoe.distributed.ExpertPool`): ``prepare`` lays out each worker's experts
+    (``ints_of(experts)``: per expert, its d×h_m integer matrices) and returns the handle."""
+
+    def prepare(
+        self,
+        key: tuple,
+        plan: SelectPlan,
+        ints_of: Callable[[Sequence[int]], list[list[np.ndarray]]],
+        skip: bool,
+    ) -> ShardedSelect: ...
 
 
 # --- local steps ----------------------------------------------------------------------------
@@ -411,15 +486,21 @@ def _check_galois(he: ServerHE, plan: SelectPlan) -> None:
             raise HEError(f"missing Galois key for element {he.ctx.n // (1 << j) + 1}")
 
 
-def _children(he: ServerHE, c, j: int, mono_pt, odd: bool, last: bool) -> tuple:
+def _needed(owned: np.ndarray, depth: int, i: int) -> bool:
+    """Whether the expansion node i at ``depth`` (leaves i' ≡ i mod 2^depth) has a leaf held
+    here."""
+    return bool(owned[i :: 1 << depth].any())
+
+
+def _children(ctx: HEContext, galois, c, j: int, mono_pt, odd: bool, last: bool) -> tuple:
     """One expansion step on c (coefficient form; consumed): (c + σ(c), (c − σ(c))·X^(−2^j)
     or None), in NTT form at the last level."""
-    ev = he.ctx.evaluator
-    sig = sealapi.Ciphertext(he.ctx.seal)
-    ev.apply_galois(c, he.ctx.n // (1 << j) + 1, he.galois, sig)
+    ev = ctx.evaluator
+    sig = sealapi.Ciphertext(ctx.seal)
+    ev.apply_galois(c, ctx.n // (1 << j) + 1, galois, sig)
     o = None
     if odd:
-        o = sealapi.Ciphertext(he.ctx.seal)
+        o = sealapi.Ciphertext(ctx.seal)
         ev.sub(c, sig, o)
         ev.transform_to_ntt_inplace(o)
         ev.multiply_plain_inplace(o, mono_pt)
@@ -431,66 +512,74 @@ def _children(he: ServerHE, c, j: int, mono_pt, odd: bool, last: bool) -> tuple:
     return c, o
 
 
-def _monomials(he: ServerHE, plan: SelectPlan) -> list[sealapi.Plaintext]:
+def _monomials(ctx: HEContext, plan: SelectPlan) -> list[sealapi.Plaintext]:
     """X^(−2^j) = −X^(N−2^j) as NTT plaintexts, j < λ."""
-    n, out = he.ctx.n, []
+    n, out = ctx.n, []
     for j in range(plan.lam):
         mono = np.zeros(n, dtype=np.int64)
         mono[n - (1 << j)] = -1
-        out.append(he.ctx.plain_small(mono, plan.level))
+        out.append(ctx.plain_small(mono, plan.level))
     return out
 
 
-def _expand(he: ServerHE, ct: sealapi.Ciphertext, plan: SelectPlan) -> list[sealapi.Ciphertext]:
-    """SealPIR expansion: ct of Σ_i m_i X^i → [ct of 2^λ·m_i] (i < T·E), NTT form, breadth
-    first (all T·E at once; parents are dropped as their children appear; children with no
-    index below T·E are not computed)."""
-    want, monos = plan.t * plan.e, _monomials(he, plan)
+def _expand(ctx: HEContext, galois, ct, plan: SelectPlan, owned: np.ndarray) -> list:
+    """SealPIR expansion: ct of Σ_i m_i X^i → [ct of 2^λ·m_i] (i < T·E, None where
+    ``owned[i]`` is false), NTT form, breadth first (parents are dropped as their children
+    appear). Level j splits on bit j of i, so a node none of whose leaves is owned is not
+    computed: a worker holding the experts j ≡ w (mod 2^s) expands only its own subtree."""
+    want, monos = plan.t * plan.e, _monomials(ctx, plan)
     cts: list = [ct]
     for j in range(plan.lam):
         half = len(cts)
         new: list = [None] * min(2 * half, want)
         for i in range(half):
             c, cts[i] = cts[i], None
-            last = j == plan.lam - 1
-            new[i], odd = _children(he, c, j, monos[j], i + half < len(new), last)
-            if odd is not None:
-                new[i + half] = odd
+            if c is None:
+                continue
+            odd = i + half < len(new) and _needed(owned, j + 1, i + half)
+            even, o = _children(ctx, galois, c, j, monos[j], odd, j == plan.lam - 1)
+            new[i] = even if _needed(owned, j + 1, i) else None
+            if o is not None:
+                new[i + half] = o
         cts = new
     return cts
 
 
-def _expand_depth_first(he: ServerHE, ct: sealapi.Ciphertext, plan: SelectPlan) -> Iterator:
-    """The same expansion, depth first: yields (i, ct of 2^λ·m_i) holding ≤ λ + 1 ciphertexts."""
-    want, monos = plan.t * plan.e, _monomials(he, plan)
+def _expand_depth_first(ctx: HEContext, galois, ct, plan: SelectPlan, owned: np.ndarray):
+    """The same expansion, depth first: yields (i, ct of 2^λ·m_i) for the owned i, holding
+    ≤ λ + 1 ciphertexts."""
+    want, monos = plan.t * plan.e, _monomials(ctx, plan)
     stack = [(ct, 0, 0)]
     while stack:
         c, j, i = stack.pop()
         if j == plan.lam:
             yield i, c
             continue
-        even, odd = _children(he, c, j, monos[j], i + (1 << j) < want, j == plan.lam - 1)
-        if odd is not None:
-            stack.append((odd, j + 1, i + (1 << j)))
-        stack.append((even, j + 1, i))
+        i_odd = i + (1 << j)
+        odd = i_odd < want and _needed(owned, j + 1, i_odd)
+        even, o = _children(ctx, galois, c, j, monos[j], odd, j == plan.lam - 1)
+        if o is not None:
+            stack.append((o, j + 1, i_odd))
+        if _needed(owned, j + 1, i):
+            stack.append((even, j + 1, i))
 
 
 def _select(ctx, weights: SelectWeights, leaves, blocks, tmp, keep: bool) -> tuple[dict, dict]:
-    """Step 3 over ``leaves`` ((k, j, [[t_kj]]) in any order) for ``blocks`` ((m, c, b)):
-    ({(k, m, c, b): [[Σ_j t_kj·Ŵ_j,m[b, c]]]}, {k: [[t_k0]]}). Each plaintext is converted
-    once while consecutive leaves share it (all of them kept if ``keep``); zero blocks are
-    multiplied (by the constant 1) and discarded unless ``skip_zero_blocks``."""
-    lv, e = weights.plan.level, weights.plan.e
+    """Step 3 over ``leaves`` ((i = k·E + j, [[t_kj]]) in any order, j held by ``weights``)
+    for ``blocks`` ((m, c, b)): ({(k, m, c, b): [[Σ_j t_kj·Ŵ_j,m[b, c]]]}, {k: a leaf of
+    token k}). Each plaintext is converted once while consecutive leaves share it (all of them
+    kept if ``keep``); zero blocks are multiplied (by the constant 1) and discarded unless
+    ``skip_zero_blocks``."""
+    lv, e, local = weights.plan.level, weights.plan.e, weights.local
     dummy, discarded = dummy_plain(ctx, lv), None
     wsel: dict = {}
     first: dict = {}
     pts: dict = {}
     for i, tct in leaves:
         k, j = divmod(i, e)
-        if j == 0:
-            first[k] = tct
+        first.setdefault(k, tct)
         for m, c, b in blocks:
-            poly = weights.polys[j][m][b, c]
+            poly = weights.polys[local[j]][m][b, c]
             zero = not poly.any()
             if zero and weights.skip_zero_blocks:
                 continue
@@ -504,6 +593,106 @@ def _select(ctx, weights: SelectWeights, leaves, blocks, tmp, keep: bool) -> tup
             else:
                 wsel[(k, m, c, b)] = mul_acc(ctx, tct, pt, wsel.get((k, m, c, b)), tmp)
     return wsel, first
+
+
+def shard_products(
+    ctx: HEContext,
+    galois: sealapi.GaloisKeys,
+    ct_t: sealapi.Ciphertext,
+    x0: Sequence[sealapi.Plaintext],
+    x1: Sequence[sealapi.Plaintext],
+    weights: SelectWeights,
+    times: dict[str, float],
+) -> Iterator[tuple[list, list]]:
+    """Steps 2-4 for the experts ``weights`` holds (all of them, or a worker's shard): per
+    output block (m, c) in plan order, the accumulators (A_k, B_k) of each token k,
+    Σ_b (Σ_j [[t_kj]]·Ŵ_j,m[b, c]) ⊗ (x0, x1)[k·nb + b] (NTT form at the input level; None
+    where every held expert's block is zero and ``skip_zero_blocks``, or zero in every held
+    expert). The tensor product is bilinear, so the shards' accumulators add up to the whole.
+
+    ``ct_t`` is [[t]] (coefficient form; consumed), ``x0``/``x1`` the input ciphertexts' c0
+    and c1 as NTT plaintexts. When the experts have fewer weight blocks than the selection has
+    one-hot entries (E·n_blocks + T·n_blocks < T·E, small d), the expansion runs depth first
+    and each expanded constant is used at once, so the T·E ciphertexts never coexist.
+    ``times`` receives expand/select/tensor seconds and this generator's own CPU seconds
+    (``expand_cpu``, ``products_cpu``: all of it so far, the expansion included)."""
+    plan = weights.plan
+    nb, t, e = plan.nb, plan.t, plan.e
+    outs = plan.outputs
+    fused = (e + t) * nb * len(outs) < t * e
+    t0, c0, cpu = time.perf_counter(), time.thread_time(), 0.0  # cpu: this generator's own
+    tcts = [] if fused else _expand(ctx, galois, ct_t, plan, weights.owned)
+    times.update(expand=time.perf_counter() - t0, expand_cpu=time.thread_time() - c0)
+    tmp = sealapi.Ciphertext(ctx.seal)
+    discarded = None
+    t_sel = t_ten = 0.0
+    if fused:  # expansion and selection for every block at once
+        s0 = time.perf_counter()
+        blocks = [(m, c, b) for m, c in outs for b in range(nb)]
+        leaves = _expand_depth_first(ctx, galois, ct_t, plan, weights.owned)
+        wsel_all, first = _select(ctx, weights, leaves, blocks, tmp, keep=True)
+        t_sel += time.perf_counter() - s0
+    for m, c in outs:
+        acc_a: list = [None] * t
+        acc_b: list = [None] * t
+        for b in range(nb):
+            s0 = time.perf_counter()
+            if not fused:
+                leaves = (
+                    (k * e + j, tcts[k * e + j]) for j in weights.expert_ids for k in range(t)
+                )
+                wsel_all, first = _select(ctx, weights, leaves, [(m, c, b)], tmp, keep=False)
+            wsel = [wsel_all.pop((k, m, c, b), None) for k in range(t)]
+            s1 = time.perf_counter()
+            for k in range(t):  # tensor: (W0, W1) ⊗ (x0, x1), accumulated as A and B
+                if wsel[k] is None and weights.skip_zero_blocks:
+                    continue
+                for acc, xp in ((acc_a, x0), (acc_b, x1)):
+                    if wsel[k] is None:  # the block is zero in every expert
+                        discarded = mul_acc(ctx, first[k], xp[k * nb + b], discarded, tmp)
+                    else:
+                        acc[k] = mul_acc(ctx, wsel[k], xp[k * nb + b], acc[k], tmp)
+            t_sel += s1 - s0
+            t_ten += time.perf_counter() - s1
+        cpu += time.thread_time() - c0
+        times.update(select=t_sel, tensor=t_ten, products_cpu=cpu)
+        yield acc_a, acc_b
+        c0 = time.thread_time()
+
+
+def shard_products_arrays(
+    ctx: HEContext,
+    galois: sealapi.GaloisKeys,
+    root: np.ndarray,
+    x0: np.ndarray,
+    x1: np.ndarray,
+    weights: SelectWeights,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """:func:`shard_products` on numpy arrays (a worker's side of :class:`ShardedSelect`):
+    ``root`` is [[t]] (2, L, N) in coefficient form, ``x0``/``x1`` (n_x, L, N) in NTT form;
+    yields per output block ``(present (T,) bool, acc (2, T, 2, L, N) uint64)``."""
+    plan = weights.plan
+    x0p = [ctx.plain_from_ntt(a) for a in x0]
+    x1p = [ctx.plain_from_ntt(a) for a in x1]
+    ct = ctx.import_ct(root, ntt=False)
+    for acc_a, acc_b in shard_products(ctx, galois, ct, x0p, x1p, weights, {}):
+        present = np.array([a is not None for a in acc_a])
+        out = np.zeros((2, plan.t, 2, plan.level, plan.n), dtype=U64)
+        for k in np.flatnonzero(present):
+            out[0, k], out[1, k] = ctx.export_ct(acc_a[k]), ctx.export_ct(acc_b[k])
+        yield present, out
+
+
+def _imported(ctx: HEContext, blocks: Iterator[tuple]) -> Iterator[tuple[list, list]]:
+    """:class:`ShardedSelect`'s summed accumulators as SEAL ciphertexts (None where absent)."""
+    for present, acc in blocks:
+        yield tuple(
+            [
+                ctx.import_ct(acc[s, k], ntt=True) if present[k] else None
+                for k in range(len(present))
+            ]
+            for s in (0, 1)
+        )
 
 
 class _PackTree:
@@ -586,7 +775,7 @@ def _scatter(plan: SelectPlan, groups: list, vals: Sequence[np.ndarray]) -> list
 
 def step_server_eval(
     he: ServerHE,
-    weights: SelectWeights,
+    weights: SelectWeights | ShardedSelect,
     t_s: np.ndarray,
     x_s: np.ndarray,
     msg: dict,
@@ -594,20 +783,18 @@ def step_server_eval(
 ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, dict]:
     """Server's work: its shares (one T×h_m per matrix), packed c1, c0 and timings.
 
-    When the experts have fewer weight blocks than the selection has one-hot entries
-    (E·n_blocks + T·n_blocks < T·E, small d), the expansion runs depth first and each
-    expanded constant is used at once, so the T·E ciphertexts never coexist.
+    Steps 2-4 run here (:func:`shard_products`) or, for a :class:`ShardedSelect`, on the
+    workers holding the experts (their accumulators summed); steps 4 (switch, relinearize)
+    to 6 run here either way, so the bytes returned are the same.
     """
     ctx, ev = he.ctx, he.ctx.evaluator
     plan = weights.plan
     lv, primes, n = plan.level, ctx.primes[: plan.level], ctx.n
-    nb, t, e = plan.nb, plan.t, plan.e
+    t = plan.t
     _check_galois(he, plan)
-    outs = [(m, c) for m in range(len(plan.hs)) for c in range(plan.nc(m))]
-    fused = (e + t) * nb * len(outs) < t * e
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    # Step 2a: [[t]] = [[t_c]] + t_s, expanded into T·E constants.
+    # Step 2a: [[t]] = [[t_c]] + t_s (expanded into T·E constants by shard_products).
     bits = ctx.params.plain_bits + plan.lam
     c0_t = unpack_fresh(ctx, msg["c0_t"], 1, lv)
     c0_t = add_rns(
@@ -616,21 +803,22 @@ def step_server_eval(
     a_t = expand_a(bytes(msg["seed_t"]), 1, primes, n)
     ct_t = ctx.import_ct(np.concatenate([c0_t, a_t]), ntt=True)
     ev.transform_from_ntt_inplace(ct_t)
-    tcts = [] if fused else _expand(he, ct_t, plan)
-    times["expand"] = time.perf_counter() - t0
-    # Step 2b: [[x]] = [[x_c]] + x_s (BGV: the share is added unscaled), as NTT plaintexts.
+    # Step 2b: [[x]] = [[x_c]] + x_s (BGV: the share is added unscaled), NTT form.
     c0_x = unpack_fresh(ctx, msg["c0_x"], plan.n_x, lv)
     xs = np.moveaxis(centered_to_rns(_x_polys(x_s, plan), primes), 0, 1)
     c0_x = add_rns(c0_x, ctx.ntt(xs), primes)
-    x0 = [ctx.plain_from_ntt(c0_x[i]) for i in range(plan.n_x)]
-    x1 = [ctx.plain_from_ntt(a) for a in expand_a(bytes(msg["seed_x"]), plan.n_x, primes, n)]
+    a_x = expand_a(bytes(msg["seed_x"]), plan.n_x, primes, n)
+    if isinstance(weights, SelectWeights):
+        x0 = [ctx.plain_from_ntt(c0_x[i]) for i in range(plan.n_x)]
+        x1 = [ctx.plain_from_ntt(a) for a in a_x]
+        blocks = shard_products(ctx, he.galois, ct_t, x0, x1, weights, times)
+    else:  # the experts are on workers
+        blocks = _imported(ctx, weights.products(ctx.export_ct(ct_t), c0_x, a_x))
     scale, low = _inverse_pow2(ctx, plan.pack, plan.eval_level), ctx.pid[plan.eval_level]
     packer = ReturnPacker(ctx, he.pk, plan.beta)
     tree = _PackTree(he, plan.pack)
     returned: list[tuple] = []
-    tmp = sealapi.Ciphertext(ctx.seal)
-    discarded = None
-    t_sel = t_ten = t_pack = 0.0
+    t_pack = 0.0
     groups = plan.groups()
 
     def finish(ct) -> None:
@@ -638,34 +826,10 @@ def step_server_eval(
         positions = np.concatenate([p for *_, p in members])
         returned.append(packer.finish(ct, positions, prg, plan.eval_level))
 
-    if fused:  # expansion and selection for every block at once
-        s0 = time.perf_counter()
-        blocks = [(m, c, b) for m, c in outs for b in range(nb)]
-        leaves = _expand_depth_first(he, ct_t, plan)
-        wsel_all, first = _select(ctx, weights, leaves, blocks, tmp, keep=True)
-        t_sel += time.perf_counter() - s0
-    # Steps 3-5 per output block (m, c), for all tokens at once.
-    for m, c in outs:
-        acc_a: list = [None] * t
-        acc_b: list = [None] * t
-        for b in range(nb):
-            s0 = time.perf_counter()
-            if not fused:
-                leaves = ((k * e + j, tcts[k * e + j]) for j in range(e) for k in range(t))
-                wsel_all, first = _select(ctx, weights, leaves, [(m, c, b)], tmp, keep=False)
-            wsel = [wsel_all.pop((k, m, c, b), None) for k in range(t)]
-            s1 = time.perf_counter()
-            for k in range(t):  # tensor: (W0, W1) ⊗ (x0, x1), accumulated as A and B
-                if wsel[k] is None and weights.skip_zero_blocks:
-                    continue
-                for acc, xp in ((acc_a, x0), (acc_b, x1)):
-                    if wsel[k] is None:  # the block is zero in every expert
-                        discarded = mul_acc(ctx, first[k], xp[k * nb + b], discarded, tmp)
-                    else:
-                        acc[k] = mul_acc(ctx, wsel[k], xp[k * nb + b], acc[k], tmp)
-            t_sel += s1 - s0
-            t_ten += time.perf_counter() - s1
-        s2 = time.perf_counter()
+    t_prod, s2, cpu = 0.0, time.perf_counter(), 0.0
+    for acc_a, acc_b in blocks:  # steps 4-5 per output block (m, c), for all tokens at once
+        t_prod += time.perf_counter() - s2
+        s2, c2 = time.perf_counter(), time.thread_time()
         for k in range(t):
             ct = None
             if acc_a[k] is not None:
@@ -687,11 +851,16 @@ def step_server_eval(
             for packed in tree.push(ct):
                 finish(packed)
         t_pack += time.perf_counter() - s2
-    s2 = time.perf_counter()
+        cpu += time.thread_time() - c2
+        s2 = time.perf_counter()
+    t_prod += time.perf_counter() - s2
+    s2, c2 = time.perf_counter(), time.thread_time()
     for packed in tree.close():
         finish(packed)
     t_pack += time.perf_counter() - s2
-    times.update(select=t_sel, tensor=t_ten, finish=t_pack)
+    cpu += time.thread_time() - c2
+    # products: steps 2-4, here or on the workers; *_cpu: this thread's CPU seconds
+    times.update(products=t_prod, finish=t_pack, finish_cpu=cpu)
     shares = _scatter(plan, groups, [U64(0) - r[0] for r in returned])
     c1 = np.stack([r[1] for r in returned])
     c0 = np.concatenate([r[2] for r in returned], axis=1)
@@ -749,7 +918,7 @@ async def select_server(
     he: ServerHE,
     t_s: np.ndarray,
     x_s: np.ndarray,
-    weights: SelectWeights,
+    weights: SelectWeights | ShardedSelect,
     prg: PRG,
     *,
     ring: Ring = DEFAULT_RING,

@@ -73,6 +73,9 @@ class ServerHE:
     relin: object | None = None
     galois: object | None = None
     galois_elements: tuple[int, ...] = field(default=())
+    #: The Galois keys as the client sent them (SEAL's serialization), for the server's
+    #: workers (:mod:`secmoe.distributed`), which load them into their own contexts.
+    galois_bytes: bytes = b""
 
     @property
     def params(self) -> HEParams:
@@ -166,8 +169,9 @@ async def setup_server(
             pk0 = unpack_fresh(ctx, np.asarray(msg["pk0"]), 1)
             pk = PublicKey.from_wire(ctx, bytes(msg["pk_seed"]), pk0)
             rk = load_relin_keys(ctx, bytes(msg["rk"])) if relin else None
-            gk = load_galois_keys(ctx, bytes(msg["gk"])) if galois else None
-            return ServerHE(ctx, pk, rk, gk, tuple(int(g) for g in galois))
+            gk_bytes = bytes(msg["gk"]) if galois else b""
+            gk = load_galois_keys(ctx, gk_bytes) if galois else None
+            return ServerHE(ctx, pk, rk, gk, tuple(int(g) for g in galois), gk_bytes)
 
         try:
             state = await asyncio.to_thread(work)

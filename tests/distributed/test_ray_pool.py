@@ -1,0 +1,146 @@
+"""Expert-parallel selection on Ray actors (one local Ray runtime, num_cpus = 2, for the
+module): the reply is the embedded server's bit for bit; `secmoe bench moe --workers N` sends
+the same messages with 0, 1 and 2 workers; a worker killed during a selection fails it with
+"server worker lost", told to the client, and the next selection works on the restarted
+actor."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+
+import numpy as np
+import pytest
+import ray
+
+from secmoe.cli import main
+from secmoe.crypto.prg import PRG
+from secmoe.distributed import RayPool, WorkerLost
+from secmoe.net import PeerAborted, run_local
+from secmoe.protocols.he_select import (
+    ideal_select,
+    plan_select,
+    select_client,
+    select_server,
+    setup_select_client,
+    setup_select_server,
+)
+from tests.distributed.test_local_pool import NON_FUSED, Owner
+from tests.he.test_he_select import make_selection
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    # Ray's workers run at niceness 15 by default: behind the other tests' processes they
+    # would hardly run (RayPool sets this too when it starts the runtime itself)
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    gc.collect()  # no handle of the runtime left behind (its clients would outlive it)
+    ray.shutdown()
+
+
+def transcript(path):
+    """(party, direction, path, tag, bytes, phase) of every message but the bench's own report
+    (timings), sorted (both parties and their forks run concurrently). The HE keys are SEAL's
+    compressed serialization of random polynomials: their size varies from run to run whoever
+    computes, so it is left out."""
+    with open(path) as f:
+        events = [json.loads(line) for line in f]
+    keys = "he/setup/keys"
+    return sorted(
+        (e["party"], e["dir"], e["path"], e["tag"], e["tag"] != keys and e["bytes"], e["phase"])
+        for e in events
+        if e["phase"] != "report"
+    )
+
+
+def test_bench_moe_sends_the_same_messages_with_0_1_2_workers(runtime, tmp_path, capsys):
+    """A whole MoE layer (select): every message (party, direction, path, tag, bytes, phase)
+    is the same with the embedded server and with 1 and 2 workers; the output is right; the
+    workers hold the experts' encoded weights in halves, and the Ray runtime (started by the
+    test) is left running by the command."""
+    layer = ["bench", "moe", "--strategy", "select", "--experts", "4", "--tokens", "2",
+             "--d-model", "16", "--d-ff", "32", "--json"]  # fmt: skip
+    runs = {}
+    for workers in (0, 1, 2):
+        path = tmp_path / f"w{workers}.jsonl"
+        assert main([*layer, "--workers", str(workers), "--transcript", str(path)]) == 0
+        runs[workers] = (json.loads(capsys.readouterr().out.splitlines()[-1]), transcript(path))
+    base, events = runs[0]
+    assert any(e[3] == "he/sel/y" for e in events)
+    for workers in (1, 2):
+        res, ev = runs[workers]
+        assert ev == events
+        assert res["workers"] == workers and res["max_abs_err_vs_fixed"] < 2e-3
+        assert res["bytes_c2s"] == base["bytes_c2s"] and res["rounds"] == base["rounds"]
+    whole = base["select_weights_bytes"][0]
+    assert runs[1][0]["select_weights_bytes"] == [whole]
+    assert runs[2][0]["select_weights_bytes"] == [whole // 2, whole // 2]
+    assert ray.is_initialized()
+
+
+async def selection(plan, case, weights, abort=False):
+    """One selection over the channel; with ``abort`` the server, like `secmoe serve`, sends
+    the client the error of a lost worker (and returns it)."""
+    t_c, t_s, x_c, x_s, _ws, _r = case
+
+    async def client(ch):
+        prg = PRG(b"\x11" * 16)
+        he = await setup_select_client(ch, prg, plan)
+        return await select_client(ch, he, t_c, x_c, plan, prg)
+
+    async def server(ch):
+        he = await setup_select_server(ch, plan)
+        try:
+            return await select_server(ch, he, t_s, x_s, weights(he), PRG(b"\x22" * 16))
+        except WorkerLost as exc:
+            if not abort:
+                raise
+            await ch.abort(f"server error: {exc}")  # as `secmoe serve` does
+            return exc
+
+    return await run_local(client, server, timeout=120)
+
+
+async def test_a_worker_lost_during_a_selection_fails_it_and_the_next_one_works(runtime):
+    """Worker 1 is killed (Ray restarts it) while the selection runs on it: the server fails
+    with WorkerLost and the client receives "server worker lost" (no hang); the next session
+    on the same pool is exact, the restarted worker having been sent its keys and shard
+    again."""
+    t, e, d, h = NON_FUSED
+    plan = plan_select(t, e, d, h)
+    case = make_selection(t, e, d, h, seed=b"ray-case-0000001")
+    ws = case[4]
+    pool = RayPool(2, timeout=60)
+    owners = []
+
+    def sharded(he):
+        owners.append(Owner())
+        return pool.session(he, owners[-1]).prepare(
+            ("c",), plan, lambda i: [ws[j] for j in i], False
+        )
+
+    stream = pool._stream
+
+    def kill_after_submit(w, method, *args):
+        items = stream(w, method, *args)
+        if w == 1:
+            ray.kill(pool.members[1], no_restart=False)
+        return items
+
+    try:
+        pool._stream = kill_after_submit
+        with pytest.raises(Exception) as err:
+            await selection(plan, case, sharded, abort=True)
+        assert "server worker lost" in str(err.value)
+        assert isinstance(err.value.__cause__, PeerAborted)
+        del err  # its traceback holds the failed selection's frames
+        pool._stream = stream
+        (yc, ys) = await selection(plan, case, sharded)
+        assert pool.restarts == 1
+        for m, want in enumerate(ideal_select(*case[:4], ws)):
+            assert np.array_equal(yc[m] + ys[m], want)
+    finally:
+        pool.close()
