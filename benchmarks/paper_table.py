@@ -158,7 +158,7 @@ def figures(r: dict) -> dict:
         "setup_seconds": r["setup_seconds"],
         "rss_server_mb": r["peak_rss_mb"]["server"],
         "rss_client_mb": r["peak_rss_mb"]["client"],
-        "load": r["load_avg_before"][0],
+        "load": _load(r),
         "source": "measured",
     }
     return with_estimates(out)
@@ -295,6 +295,11 @@ def _experts(model: str) -> int:
     return int(model.rsplit("-", 1)[1])
 
 
+def _load(r: dict) -> str:
+    """The 1-minute load average at the run's start and end (the machine is shared)."""
+    return f"{r['load_avg_before'][0]:.1f} → {r['load_avg_after'][0]:.1f}"
+
+
 def _num(x: float | None, scale: float = 1, digits: int = 1) -> str:
     return "–" if x is None else f"{x / scale:.{digits}f}"
 
@@ -306,7 +311,7 @@ def markdown(table: dict[tuple[str, str], dict]) -> str:
         "| paper BumbleBee GB | ours / paper's counterpart | rounds "
         "| LAN min: wall / CPU-based | WAN min: wall / CPU-based "
         "| paper's counterpart LAN / WAN min | setup s | peak RSS MB server / client "
-        "| load (1 min) | attn MB/block |",
+        "| load (1 min, start → end) | attn MB/block |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = sorted(table, key=lambda k: (k[0].startswith("moe"), _experts(k[0]), k[1]))
@@ -339,7 +344,7 @@ def markdown(table: dict[tuple[str, str], dict]) -> str:
             f"| {_num(f['wan'], 60)} / {_num(f['wan_cpu'], 60)} | {pl} / {pw} "
             f"| {_num(f['setup_seconds'], 1, 0)} "
             f"| {_num(f['rss_server_mb'], 1, 0)} / {_num(f['rss_client_mb'], 1, 0)} "
-            f"| {_num(f['load'])} | {f['attn_mb']:.1f} |"
+            f"| {f['load'] or '–'} | {f['attn_mb']:.1f} |"
         )
     return "\n".join(out) + "\n"
 
@@ -353,7 +358,7 @@ def breakdown(r: dict) -> str:
     run = r["run"]
     tot = r["bytes_c2s"] + r["bytes_s2c"]
     out = [
-        f"{run['model']}, {label(run)}, 8 tokens, measured (load {r['load_avg_before'][0]:.1f}):",
+        f"{run['model']}, {label(run)}, 8 tokens, measured (load {_load(r)}):",
         "",
         "| part | MB | share | rounds | wall s | client CPU s | server CPU s |",
         "|---|---|---|---|---|---|---|",
