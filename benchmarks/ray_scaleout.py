@@ -9,19 +9,34 @@ expert weights are) and a summary: the time ratio and whether bytes and rounds a
 Default layer: ``select``, E = 64, d = 256, d_ff = 1024, T = 8 (the issue's target). The load
 average (``os.getloadavg``) is recorded with each run: on a shared machine the times are upper
 bounds.
+
+``--whole FILE --select-costs RUN --project W…`` runs nothing: it PROJECTS a whole model's
+CPU-based LAN time with W workers (:mod:`secmoe.distributed.predict`) from a measured
+``secmoe bench model --layers 2 --json`` row of FILE (``benchmarks/paper_table.py``'s
+composition into the whole model, its ``lan_cpu``: both parties' CPU seconds plus the link)
+and the per-step selection CPU seconds of RUN, the last JSON line of ``secmoe bench moe
+--strategy select --json`` on that model's MoE layer (embedded server), counted once per MoE
+layer:
+
+    python benchmarks/ray_scaleout.py --whole benchmarks/results/paper_table.jsonl \
+        --model switch-base-64 --select-costs moe_sb64.json --project 8 64
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from paper_table import PRESET_LAYERS, PROFILES_BW, compose
+
+from secmoe.distributed.predict import SelectCosts, project
+from secmoe.ops.linear import select_chunk
 
 SECMOE = [sys.executable, "-m", "secmoe.cli", "bench", "moe"]
 LAYER = ["--strategy", "select", "--experts", "64", "--d-model", "256", "--d-ff", "1024",
@@ -62,27 +77,42 @@ def run_pair(layer: list[str], workers: int, timeout: float) -> dict:
     return res
 
 
-def model(base: dict, workers: int) -> dict[str, float]:
-    """The cost model, from the embedded run's CPU seconds per step (load-independent): with W
-    workers each expands its subtree (T·E/W − 1 + log2 W of the T·E − 1 automorphisms) and
-    does 1/W of the selection and tensor products; the coordinator does the rest (the finish:
-    relinearize, pack, flood; the layer's other operators). ``idle_wall``: the layer's time on
-    W + 1 idle cores, the coordinator finishing block after block while the workers go on
-    (a PROJECTION; the rest of the layer at its measured wall time). Not modelled: moving the
-    accumulators through Ray and summing them."""
-    leaves = base["params"]["tokens"] * base["params"]["experts"]
-    x = base["select_expand_cpu_seconds"]
-    p = base["select_products_cpu_seconds"] - x
-    f = base["select_finish_cpu_seconds"]
-    rest = base["seconds"] - base["select_server_total_seconds"]
-    other = base["server_cpu_seconds"] - base["select_products_cpu_seconds"] - f
-    xw = x * (leaves / workers - 1 + math.log2(workers)) / (leaves - 1)
-    return {
-        "worker_cpu": xw + p / workers,
-        "coordinator_cpu": other + f,
-        "idle_wall": rest + xw + max(p / workers, f),
-        "idle_wall_embedded": rest + x + p + f,
+def costs(base: dict) -> SelectCosts:
+    """The embedded run's per-step CPU seconds, for the cost model."""
+    p = base["params"]
+    return SelectCosts.from_result(base, select_chunk(p["tokens"], p["experts"]) * p["experts"])
+
+
+def whole_model(row: dict, run: dict, workers: list[int]) -> dict:
+    """PROJECTED whole-model LAN minutes (CPU-based) with each W of ``workers``, and the
+    measured composition's, from a ``--layers 2`` row and a ``bench moe`` run of its MoE
+    layer (see the module's docstring). The row has no per-step figures: the run gives the
+    split of a selection's CPU (expand : products : finish), scaled to the row's own
+    selection CPU (its ``layer1/moe/select`` row, server side), so that everything outside the
+    selections is the row's measurement."""
+    n_layers, moe = PRESET_LAYERS[row["run"]["model"]]
+    f = compose(row, n_layers, moe)
+    one, n = costs(run), len(moe)
+    row_select = next(x for x in row["layers"] if x["row"] == "layer1/moe/select")
+    scale = row_select["server_cpu_seconds"] / (one.products + one.finish)
+    c = SelectCosts(
+        one.leaves,
+        *(n * scale * x for x in (one.expand, one.products, one.finish)),
+        f["server_cpu"],
+    )
+    bw, rtt = PROFILES_BW["lan"]
+    net = f["wire"] * 8 / bw + f["rounds"] * rtt / 2
+    out = {
+        "measured_lan_cpu_min": f["lan_cpu"] / 60,
+        "model_select_row_server_cpu": row_select["server_cpu_seconds"],
+        "moe_run_select_cpu": one.products + one.finish,
+        "selections_share_of_server_cpu": (c.products + c.finish) / c.server,
+        "embedded_lan_cpu_min_from_the_model": (f["client_cpu"] + c.server + net) / 60,
     }
+    for w in workers:
+        m = project(c, w)
+        out[f"projected_lan_min_{w}_workers"] = (f["client_cpu"] + m["server_seconds"] + net) / 60
+    return out
 
 
 def main() -> None:
@@ -98,8 +128,18 @@ def main() -> None:
         default=[],
         help="also print the cost model's PROJECTION for these worker counts (one core each)",
     )
+    ap.add_argument("--whole", type=Path, help="PROJECT a whole model from this JSON-lines file")
+    ap.add_argument("--model", default="switch-base-64", help="with --whole: the preset")
+    ap.add_argument("--select-costs", type=Path, help="with --whole: a bench moe --json output")
     ap.add_argument("layer", nargs="*", help="bench moe arguments (default: the target)")
     args = ap.parse_args()
+    if args.whole:
+        rows = [json.loads(x) for x in args.whole.read_text().splitlines() if x.strip()]
+        want = {"model": args.model, "strategy": "select", "layers": 2}
+        row = [r for r in rows if r.get("run") == want][-1]
+        run = json.loads(args.select_costs.read_text().strip().splitlines()[-1])
+        print(json.dumps({"PROJECTION": True, **whole_model(row, run, args.project)}, indent=1))
+        return
     layer = args.layer or LAYER
     runs: list[dict] = []
     for _ in range(args.repeat):
@@ -140,7 +180,7 @@ def main() -> None:
         )
         if args.workers[0] == 0:
             for b, r in zip(base, mine, strict=True):
-                m = model(b, w)
+                m = project(costs(b), w)
                 err_w = m["worker_cpu"] / max(r["worker_cpu_seconds"]) - 1
                 err_c = m["coordinator_cpu"] / r["server_cpu_seconds"] - 1
                 print(
@@ -149,11 +189,12 @@ def main() -> None:
                     f"({err_c:+.0%})"
                 )
     for w in args.project if args.workers[0] == 0 else ():
-        ms = [model(b, w) for b in base]
+        ms = [project(costs(b), w) for b in base]
         walls = ", ".join(
-            f"{m['idle_wall']:.1f} s ({m['idle_wall'] / m['idle_wall_embedded']:.2f}x)" for m in ms
+            f"{m['server_seconds']:.1f} s ({m['server_seconds'] / m['embedded_seconds']:.2f}x)"
+            for m in ms
         )
-        print(f"PROJECTION, {w} workers on {w + 1} idle cores: {walls}")
+        print(f"PROJECTION, {w} workers on {w + 1} idle cores, server seconds: {walls}")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,15 @@ flooding budget; the server sends the public config first). What is reported:
   layer. Rows add up to the totals (a test checks it).
 - ``peak_rss_mb`` of each party and the load average before and after (times depend on load;
   bytes and rounds do not).
+- with ``select``: the server's ``select_*_seconds`` (the selections' steps, wall and CPU,
+  summed over the MoE layers: what ``--predict`` projects from), ``select_weights_bytes`` (held
+  at the end: the embedded server keeps only the last MoE layer's; with ``--workers N`` each
+  worker its shards of every layer) and ``worker_cpu_seconds`` (since the setup: with the
+  layout of the streamed layers' shards, which the workers do during the run).
+
+``--workers N`` / ``--ray-address``: the experts of ``select`` on N Ray workers, as in
+``secmoe bench moe`` (bytes and rounds unchanged); ``--predict W…``: the cost model's
+projection (:mod:`secmoe.distributed.predict`) after a run with the embedded server.
 
 Time attribution: each party's recorder charges the wall and CPU time since its previous
 message to the part (fork path) of the message it sends or receives next; the wall column is
@@ -48,6 +57,8 @@ from typing import Any
 import numpy as np
 
 from ..crypto.prg import PRG
+from ..distributed.predict import add_predict_arg
+from ..distributed.runtime import add_worker_args
 from ..model.config import ModelConfig, preset, preset_names
 from ..model.fixed import run_fixed
 from ..model.fold import FoldError, fold_norms
@@ -69,6 +80,7 @@ from ..ops.linear import HEState, prepare, prepare_select
 from ..ops.moe import STRATEGIES
 from ..progress import Reporter
 from ..protocols.party import Party
+from .moe_bench import select_figures
 from .registry import BenchOp, register
 from .runner import swap
 
@@ -108,6 +120,8 @@ def _args(p: argparse.ArgumentParser) -> None:
         help="compare the output with the fixed-point reference (small presets: the client "
         "regenerates the whole model)",
     )
+    add_worker_args(p)
+    add_predict_arg(p)
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
@@ -339,7 +353,11 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
     union_bits = union_bits_for(flood_demand(cfg, shape, options))
     if union_bits > MAX_UNION_BITS:
         raise ValueError(f"{cfg.name}: 2^{union_bits} flooded HE coefficients, too many")
-    p = await setup_inference(ch, PRG(), cfg, None, shape, options, union_bits=union_bits)
+    pool = getattr(args, "pool", None)  # --workers: the experts of select go to the workers
+    p = await setup_inference(
+        ch, PRG(), cfg, None, shape, options, union_bits=union_bits, pool=pool
+    )
+    worker_cpu = pool.cpu_seconds() if p.role == "server" and p.he.pool is not None else None
     clock = Clock()
     if p.role == "server":
         encoder = LayerEncoder(p, weights, shape, options, clock)
@@ -357,6 +375,7 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
         "fold_refused": refused,
         "setup_seconds": time.perf_counter() - t0,
         "load_start": load_start,
+        "worker_cpu": worker_cpu,
     }
 
 
@@ -501,6 +520,9 @@ async def _check(
     }
     if args.strategy == "reveal":
         extra["INSECURE"] = True
+    if ch.role == "server" and args.strategy == "select" and st["cfg"].moe_layers:
+        pool, cfg = getattr(args, "pool", None), st["cfg"]
+        extra |= select_figures(st["p"], pool, st["worker_cpu"], args.tokens, cfg.n_experts)
     if args.check and ch.role == "client":
         cfg = st["cfg"]
         cap = moe_spec(cfg, st["options"]).capacity_for(args.tokens)

@@ -25,6 +25,7 @@ import numpy as np
 from ..crypto.he_params import HE_16K
 from ..crypto.prg import PRG
 from ..distributed.pool import ExpertPool
+from ..distributed.predict import add_predict_arg
 from ..distributed.runtime import add_worker_args
 from ..model.config import ModelConfig
 from ..model.fixed import FixedOps
@@ -67,6 +68,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--capacity", type=int, help="explicit C per expert (overrides the factor)")
     p.add_argument("--no-check", action="store_true", help="skip the plaintext comparison")
     add_worker_args(p)
+    add_predict_arg(p)
 
 
 def _norm_topk(args: argparse.Namespace) -> bool:
@@ -192,7 +194,8 @@ async def _check(
     p: Party = st["p"]
     extra = {"INSECURE": True} if args.strategy in INSECURE_STRATEGIES else {}
     if p.role == "server" and args.strategy == "select":
-        extra |= _select_memory(p, getattr(args, "pool", None), st["worker_cpu"])
+        pool = getattr(args, "pool", None)
+        extra |= select_figures(p, pool, st["worker_cpu"], args.tokens, args.experts)
     if args.no_check:
         return extra
     got = await reveal(p.fork("check"), out, to="client")
@@ -210,13 +213,15 @@ async def _check(
     }
 
 
-def _select_memory(
-    p: Party, pool: ExpertPool | None, cpu_before: list[float] | None
+def select_figures(
+    p: Party, pool: ExpertPool | None, cpu_before: list[float] | None, tokens: int, experts: int
 ) -> dict[str, Any]:
-    """Where the experts' encoded selection weights are (bytes in this process, or per
-    worker), the server's seconds in the selections' steps, and the workers' CPU seconds
-    since the setup (the run and its check; the workers do nothing else)."""
+    """Server: the encoded selection weights held now (bytes in this process, or per worker),
+    the server's seconds in the selections' steps, the one-hot entries of one selection
+    (``tokens`` chunked as the selections are, times ``experts``: for the cost model) and the
+    workers' CPU seconds since the setup (the run and its check; they do nothing else)."""
     steps = {f"select_{k}_seconds": round(v, 3) for k, v in p.he.select_seconds.items()}
+    steps["select_leaves"] = select_chunk(tokens, experts) * experts
     if pool is None or cpu_before is None:
         local = sum(w.nbytes for w in p.he.selects.values() if isinstance(w, SelectWeights))
         return {"workers": 0, "select_weights_bytes": [local], **steps}

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..app import run_async
 from ..bench import REGISTRY, run_bench
+from ..distributed.predict import projected_report
 from ..distributed.runtime import check_worker_args, server_pool
 from ..net.shaping import PROFILES
 from ..progress import fmt_bytes
@@ -80,13 +81,28 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error("timeouts must be positive")
     if hasattr(args, "workers"):
         check_worker_args(parser, args)
+    if getattr(args, "predict", None):
+        if args.workers or args.strategy != "select":
+            parser.error(
+                "--predict projects from a select run with the embedded server: "
+                "--strategy select, no --workers"
+            )
+        if min(args.predict) < 1:
+            parser.error(f"--predict: worker counts must be at least 1, got {min(args.predict)}")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     op = REGISTRY[args.op]
     op.params(args)  # validate the op's arguments before any connection
     with server_pool(args) as args.pool:  # --workers: Ray actors for the command's duration
-        return run_async(run_bench(op, args))
+        result = run_async(run_bench(op, args))
+    if getattr(args, "predict", None):
+        try:
+            leaves = result.get("select_leaves", 0)
+            result["projected"] = projected_report(result, leaves, args.predict)
+        except ValueError as exc:  # e.g. no MoE layer ran: the run's figures still count
+            result["projected"] = {"note": f"no projection: {exc}"}
+    return result
 
 
 #: Fields :func:`render` shows in its header lines (or, for ``bench model``, in tables).
@@ -104,6 +120,7 @@ _SHOWN = {
     "net",
     "estimates",
     "messages",
+    "projected",
 }
 #: ``bench model``'s nested figures, rendered as tables (``layers``, ``groups``) or left to
 #: ``--json`` (the fork-level ``detail``, the config, …).
@@ -138,6 +155,21 @@ def render(r: dict[str, Any]) -> Iterator[str]:
             yield f"{key:13} {f'{value:.4g}' if isinstance(value, float) else value}"
     if model:
         yield from _render_model(r)
+    yield from _render_projected(r.get("projected", {}))
+
+
+def _render_projected(p: dict[str, Any]) -> Iterator[str]:
+    """``--predict``: one line per worker count, labelled PROJECTED (or why there is none)."""
+    if len(p) == 1:
+        yield p["note"]
+    for w, m in p.items():
+        if w != "note":
+            yield (
+                f"PROJECTED (cost model, not measured) {w} workers: server "
+                f"{m['server_seconds']:.1f} s on {int(w) + 1} idle cores, {m['ratio']:.2f}x "
+                f"the embedded {m['embedded_seconds']:.1f} CPU s; each worker "
+                f"{m['worker_cpu']:.1f} CPU s, coordinator {m['coordinator_cpu']:.1f}"
+            )
 
 
 def _render_model(r: dict[str, Any]) -> Iterator[str]:

@@ -3,5 +3,14 @@ selection, in this process (:class:`LocalPool`) or as Ray actors (:class:`RayPoo
 only when one is created). See :mod:`secmoe.distributed.pool`."""
 
 from .pool import DEFAULT_TIMEOUT, ExpertPool, LocalPool, PoolSession, RayPool, WorkerLost
+from .worker import OverBudget
 
-__all__ = ["DEFAULT_TIMEOUT", "ExpertPool", "LocalPool", "PoolSession", "RayPool", "WorkerLost"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ExpertPool",
+    "LocalPool",
+    "OverBudget",
+    "PoolSession",
+    "RayPool",
+    "WorkerLost",
+]

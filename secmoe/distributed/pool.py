@@ -18,7 +18,10 @@ leaves; for other W the pruning still skips every node with no leaf of the worke
 integer weights it is sent once: the coordinator keeps no encoded expert weights, only the
 recipe — a reference to the float weights the caller holds — to send a shard again to a worker
 that restarted), one SEAL context per parameter set, and the Galois keys of each open session
-(the client's serialized keys, sent once per session). Pickle only carries numpy arrays, bytes
+(the client's serialized keys, sent once per session). With a budget (``max_bytes``,
+``--max-encoded-gb``) a worker refuses, before laying it out, a shard that would take its
+encoded weights past it (:class:`~secmoe.distributed.worker.OverBudget`, naming the worker and
+the gigabytes; the layer is then not prepared). Pickle only carries numpy arrays, bytes
 and plans between the coordinator and its own workers (Ray's transport), never to the client.
 
 **Faults.** Every wait on a worker has a deadline (``timeout``); a worker that dies or does not
@@ -47,7 +50,7 @@ import numpy as np
 from ..crypto.he_params import params_for
 from ..protocols.he_select import SelectPlan, ShardedSelect
 from ..protocols.he_setup import ServerHE
-from .worker import ShardWorker
+from .worker import OverBudget, ShardWorker
 
 __all__ = ["DEFAULT_TIMEOUT", "ExpertPool", "LocalPool", "PoolSession", "RayPool", "WorkerLost"]
 
@@ -71,10 +74,16 @@ class ExpertPool:
     :meth:`close`.
     """
 
-    def __init__(self, workers: int, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, workers: int, timeout: float = DEFAULT_TIMEOUT, max_bytes: int | None = None
+    ) -> None:
         if workers < 1:
             raise ValueError(f"a pool needs at least one worker, got {workers}")
+        if max_bytes is not None and max_bytes <= 0:
+            raise ValueError(f"a worker's encoded-weight budget must be positive, got {max_bytes}")
         self.workers, self.timeout = workers, timeout
+        #: Each worker's budget of encoded weights in bytes (None: no limit).
+        self.max_bytes = max_bytes
         self._recipes: dict[str, tuple[SelectPlan, IntsOf, bool]] = {}
         self._sessions: dict[str, tuple[str, bytes]] = {}
         self._seen: list[str | None] = [None] * workers
@@ -168,7 +177,11 @@ class ExpertPool:
         with self._lock:
             if shard not in self._recipes:
                 self._recipes[shard] = (plan, ints_of, skip)
-                self._sync_locked()
+                try:
+                    self._sync_locked()
+                except BaseException:  # e.g. a worker over its budget: not retried later
+                    del self._recipes[shard]
+                    raise
         return shard
 
     def products(
@@ -221,9 +234,11 @@ class LocalPool(ExpertPool):
     """The workers in this process, one after the other (no parallelism: for tests and for
     measuring each shard's work alone)."""
 
-    def __init__(self, workers: int, timeout: float = DEFAULT_TIMEOUT) -> None:
-        super().__init__(workers, timeout)
-        self.members = [ShardWorker(w) for w in range(workers)]
+    def __init__(
+        self, workers: int, timeout: float = DEFAULT_TIMEOUT, max_bytes: int | None = None
+    ) -> None:
+        super().__init__(workers, timeout, max_bytes)
+        self.members = [ShardWorker(w, max_bytes) for w in range(workers)]
 
     def _call(self, w: int, method: str, *args: Any) -> Any:
         return getattr(self.members[w], method)(*args)
@@ -246,9 +261,13 @@ class RayPool(ExpertPool):
     dashboard) and shut down by :meth:`close`, or the cluster at ``address`` is joined."""
 
     def __init__(
-        self, workers: int, address: str | None = None, timeout: float = DEFAULT_TIMEOUT
+        self,
+        workers: int,
+        address: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_bytes: int | None = None,
     ) -> None:
-        super().__init__(workers, timeout)
+        super().__init__(workers, timeout, max_bytes)
         ray = self.ray = _ray()
         self.owns_runtime = not ray.is_initialized()
         if self.owns_runtime:
@@ -262,7 +281,7 @@ class RayPool(ExpertPool):
                 ray.init(num_cpus=max(workers, 2), **opts)
         actor = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=0)(ShardWorker)
         self.members = [
-            actor.options(scheduling_strategy="SPREAD").remote(w) for w in range(workers)
+            actor.options(scheduling_strategy="SPREAD").remote(w, max_bytes) for w in range(workers)
         ]
 
     def _lost(self, w: int, exc: BaseException) -> WorkerLost:
@@ -279,6 +298,8 @@ class RayPool(ExpertPool):
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
             raise self._lost(w, exc) from None
         except ray.exceptions.RayTaskError as exc:  # an error in the worker's own code
+            if isinstance(exc.cause, OverBudget):  # a user error: said as is, by the worker
+                raise OverBudget(f"server {exc.cause}") from None
             raise RuntimeError(f"server worker {w} failed: {exc.cause!r}") from None
 
     def _call(self, w: int, method: str, *args: Any) -> Any:

@@ -28,6 +28,13 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
         help="server: join this Ray cluster (`ray start --head` on one host, `ray start "
         "--address` on the others) instead of starting a local Ray runtime",
     )
+    p.add_argument(
+        "--max-encoded-gb",
+        type=float,
+        metavar="G",
+        help="server: each worker holds at most G GB (10^9 bytes) of encoded expert weights "
+        "and refuses, by name, a shard that would pass it (default: no limit)",
+    )
 
 
 def check_worker_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -36,6 +43,10 @@ def check_worker_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(f"--workers must be at least 0, got {args.workers}")
     if args.ray_address and not args.workers:
         parser.error("--ray-address needs --workers N (N ≥ 1)")
+    if args.max_encoded_gb is not None and not args.workers:
+        parser.error("--max-encoded-gb is a budget per worker: it needs --workers N (N ≥ 1)")
+    if args.max_encoded_gb is not None and not args.max_encoded_gb > 0:
+        parser.error(f"--max-encoded-gb must be positive, got {args.max_encoded_gb:g}")
     if args.workers and getattr(args, "party", None) == "client":
         parser.error("--workers is a server option (the client has no workers)")
 
@@ -46,7 +57,13 @@ def server_pool(args: argparse.Namespace) -> Iterator[RayPool | None]:
     if not getattr(args, "workers", 0) or getattr(args, "party", None) == "client":
         yield None
         return
-    pool = RayPool(args.workers, args.ray_address, getattr(args, "timeout", DEFAULT_TIMEOUT))
+    gb = getattr(args, "max_encoded_gb", None)
+    pool = RayPool(
+        args.workers,
+        args.ray_address,
+        getattr(args, "timeout", DEFAULT_TIMEOUT),
+        None if gb is None else int(gb * 1e9),
+    )
     try:
         yield pool
     finally:

@@ -29,14 +29,25 @@ from ..crypto.he_params import params_for
 from ..protocols.he_select import SelectPlan, SelectWeights, encode_select_weights
 from ..protocols.he_select import shard_products_arrays as _products
 
-__all__ = ["ShardWorker"]
+__all__ = ["OverBudget", "ShardWorker", "shard_bytes"]
+
+
+class OverBudget(ValueError):
+    """A shard that would take a worker past its encoded-weight budget (refused)."""
+
+
+def shard_bytes(plan: SelectPlan, experts: int) -> int:
+    """Bytes of ``experts`` experts laid out for ``plan`` (int64 polynomials (nb, nc, N) per
+    matrix, as :func:`~secmoe.protocols.he_select.encode_select_weights` makes them)."""
+    return experts * sum(plan.nb * plan.nc(m) * plan.n * 8 for m in range(len(plan.hs)))
 
 
 class ShardWorker:
-    """Worker ``index`` of a pool: keys per session, expert shards per selection layer."""
+    """Worker ``index`` of a pool: keys per session, expert shards per selection layer; with
+    ``max_bytes``, at most that many bytes of encoded weights (``--max-encoded-gb``)."""
 
-    def __init__(self, index: int) -> None:
-        self.index = index
+    def __init__(self, index: int, max_bytes: int | None = None) -> None:
+        self.index, self.max_bytes = index, max_bytes
         #: A new value each time the worker starts (a restarted Ray actor has lost its state:
         #: the coordinator sees the change and sends keys and shards again).
         self.incarnation = os.urandom(8).hex()
@@ -74,7 +85,15 @@ class ShardWorker:
         skip_zero_blocks: bool,
     ) -> int:
         """Lay out the integer weights of ``experts`` (``weights[i][m]``, d×h_m) for ``plan``;
-        returns the bytes they take."""
+        returns the bytes they take. Refused (:class:`OverBudget`, before any encoding) if
+        they would take this worker past ``max_bytes``."""
+        need, held = shard_bytes(plan, len(experts)), self.encoded_bytes()
+        if self.max_bytes is not None and held + need > self.max_bytes:
+            raise OverBudget(
+                f"worker {self.index} refuses shard {shard[:8]} ({len(experts)} experts): it "
+                f"needs {need / 1e9:.3g} GB of encoded weights, with the {held / 1e9:.3g} GB "
+                f"it holds over its budget of {self.max_bytes / 1e9:.3g} GB (--max-encoded-gb)"
+            )
         enc = encode_select_weights(
             weights, plan, skip_zero_blocks=skip_zero_blocks, experts=experts
         )

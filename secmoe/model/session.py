@@ -271,7 +271,7 @@ async def setup_inference(
     items = select_chunk(rows, cfg.n_experts) * cfg.n_experts if select else 0
     p = await setup_he(await Party.setup(ch, prg), select_items=items, union_bits=union_bits)
     p.he.skip_zero_blocks, p.he.cache_budget = skip_zero_blocks, cache_budget
-    if pool is not None and select and weights is not None:  # the experts go to the workers
+    if pool is not None and select and p.role == "server":  # the experts go to the workers
         p.he.pool = pool.session(p.he.server(HE_16K), p.he)
     if weights is not None:
         prepare_weights(p, weights, shape, options)

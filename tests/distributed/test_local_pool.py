@@ -22,7 +22,8 @@ from secmoe.crypto.he import (
 from secmoe.crypto.he_params import HE_16K
 from secmoe.crypto.prg import PRG
 from secmoe.crypto.ring import DEFAULT_RING
-from secmoe.distributed import LocalPool
+from secmoe.distributed import LocalPool, OverBudget
+from secmoe.distributed.worker import shard_bytes
 from secmoe.ops.linear import HEState, prepare_select
 from secmoe.protocols.he_select import (
     ShardedSelect,
@@ -181,3 +182,27 @@ def test_with_a_pool_the_coordinator_keeps_no_expert_weights():
         assert not any(isinstance(v, np.ndarray | list) for v in vars(handle).values())
     assert sent.count("load_shard") == 2  # once per worker, in the first session only
     assert pool.encoded_bytes() == [single.nbytes // 2] * 2
+
+
+def test_a_worker_refuses_a_shard_past_its_budget():
+    """max_bytes: a worker lays out a shard only if its encoded weights stay within the budget
+    (the size is known from the plan: checked before any encoding, equal to what the layout
+    takes); past it the worker refuses by name, saying how much, and the pool keeps no recipe
+    of the refused shard."""
+    t, e, d, h = NON_FUSED
+    plan = plan_select(t, e, d, h)
+    server = keys(plan)[1]
+    ws = make_selection(t, e, d, h, seed=b"pool-budget-0001")[4]
+    half = encode_select_weights(ws, plan).nbytes // 2
+    assert shard_bytes(plan, e // 2) == half
+    for budget, fits in ((half, True), (half - 1, False)):
+        pool, owner = LocalPool(2, max_bytes=budget), Owner()
+        session = pool.session(server, owner)
+        if fits:
+            session.prepare(("b",), plan, lambda ids: [ws[j] for j in ids], False)
+            assert pool.encoded_bytes() == [half, half]
+            continue
+        with pytest.raises(OverBudget, match=r"worker 0 refuses shard \w+ \(2 experts\)") as err:
+            session.prepare(("b",), plan, lambda ids: [ws[j] for j in ids], False)
+        assert f"budget of {budget / 1e9:.3g} GB" in str(err.value)
+        assert pool.encoded_bytes() == [0, 0] and not pool._recipes

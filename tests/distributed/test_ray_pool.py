@@ -81,6 +81,35 @@ def test_bench_moe_sends_the_same_messages_with_0_1_2_workers(runtime, tmp_path,
     assert ray.is_initialized()
 
 
+def test_bench_model_sends_the_same_messages_with_0_and_2_workers(runtime, tmp_path, capsys):
+    """The whole bundled-size model (digits-moe: a dense and an MoE block, E = 4, streamed
+    weights): with `--workers 2` every message is the embedded server's (so the bytes and
+    rounds, per row too), the output matches the fixed-point reference as closely (it differs
+    from run to run only by the truncations' ±1 ulp: the shares are fresh), and the workers
+    did the selection's products (their CPU seconds, their shards); the embedded run's
+    `--predict 2` projects a shorter server time."""
+    model = ["bench", "model", "--preset", "digits-moe", "--tokens", "2", "--strategy",
+             "select", "--check", "--json"]  # fmt: skip
+    runs = {}
+    for workers in (0, 2):
+        path = tmp_path / f"m{workers}.jsonl"
+        predict = ["--predict", "2"] if workers == 0 else []
+        argv = [*model, "--workers", str(workers), "--transcript", str(path), *predict]
+        assert main(argv) == 0
+        runs[workers] = (json.loads(capsys.readouterr().out.splitlines()[-1]), transcript(path))
+    (base, events), (res, ev) = runs[0], runs[2]
+    assert 0 < base["projected"]["2"]["ratio"] < 1 and "projected" not in res
+    assert any(e[3] == "he/sel/y" for e in events) and ev == events
+    for key in ("bytes_c2s", "bytes_s2c", "rounds", "messages"):
+        assert res[key] == base[key]
+    assert [r["rounds"] for r in res["layers"]] == [r["rounds"] for r in base["layers"]]
+    assert base["max_abs_err_vs_fixed"] < 1e-2 and res["max_abs_err_vs_fixed"] < 1e-2
+    assert base["workers"] == 0 and res["workers"] == 2
+    assert "select_expand_cpu_seconds" in base and "select_expand_cpu_seconds" not in res
+    assert min(res["worker_cpu_seconds"]) > 0
+    assert len(res["select_weights_bytes"]) == 2 and min(res["select_weights_bytes"]) > 0
+
+
 async def selection(plan, case, weights, abort=False):
     """One selection over the channel; with ``abort`` the server, like `secmoe serve`, sends
     the client the error of a lost worker (and returns it)."""
@@ -144,3 +173,18 @@ async def test_a_worker_lost_during_a_selection_fails_it_and_the_next_one_works(
             assert np.array_equal(yc[m] + ys[m], want)
     finally:
         pool.close()
+
+
+def test_bench_with_workers_over_their_budget_fails_with_one_line(runtime, capsys):
+    """`--max-encoded-gb` below a worker's shard (E = 4, 2 workers: 2 experts each): the
+    command fails with one line naming the worker and the gigabytes (no traceback, no hang);
+    without --workers the option is refused."""
+    layer = ["bench", "moe", "--strategy", "select", "--experts", "4", "--tokens", "2",
+             "--d-model", "16", "--d-ff", "32"]  # fmt: skip
+    assert main([*layer, "--workers", "2", "--max-encoded-gb", "0.0002"]) != 0
+    err = capsys.readouterr().err
+    assert "server worker 0 refuses shard" in err and "budget of 0.0002 GB" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        main([*layer, "--max-encoded-gb", "1"])
+    assert "--max-encoded-gb is a budget per worker" in capsys.readouterr().err
