@@ -37,6 +37,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 SECMOE = [sys.executable, "-m", "secmoe.cli", "bench", "moe"]
@@ -90,13 +91,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_two(cmd: list[str], timeout: float) -> tuple[dict | None, str, float]:
+def run_two(
+    cmd: list[str],
+    timeout: float,
+    *,
+    server_extra: Sequence[str] = (),
+    server_result: dict | None = None,
+) -> tuple[dict | None, str, float]:
     """``cmd`` (a ``secmoe bench OP …`` command) as a server and a client process over TCP
     loopback: the client's JSON result (``None`` on failure), both processes' stderr, the wall
-    seconds. ``timeout`` bounds the whole client run."""
+    seconds. ``timeout`` bounds the whole client run. ``server_extra``: arguments for the
+    server only; ``server_result`` (if given) receives the server's own JSON."""
     port = free_port()
     server = subprocess.Popen(
-        [*cmd, "--party", "server", "--listen", f"127.0.0.1:{port}"],
+        [*cmd, *server_extra, "--party", "server", "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -108,10 +116,12 @@ def run_two(cmd: list[str], timeout: float) -> tuple[dict | None, str, float]:
         text=True,
         timeout=timeout,
     )
-    _, serr = server.communicate(timeout=120)
+    sout, serr = server.communicate(timeout=120)
     wall = time.perf_counter() - t0
     if client.returncode or server.returncode:
         return None, (client.stderr + serr).strip()[-800:], wall
+    if server_result is not None and sout.strip():
+        server_result.update(json.loads(sout.strip().splitlines()[-1]))
     return json.loads(client.stdout.strip().splitlines()[-1]), serr, wall
 
 

@@ -27,12 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from moe_sweep import run_two
 from paper_table import PRESET_LAYERS, PROFILES_BW, compose
 
 from secmoe.distributed.predict import SelectCosts, project
@@ -43,35 +42,16 @@ LAYER = ["--strategy", "select", "--experts", "64", "--d-model", "256", "--d-ff"
          "--tokens", "8"]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_pair(layer: list[str], workers: int, timeout: float) -> dict:
-    """One run: server (with ``--workers``) and client processes over TCP; the client's JSON."""
-    port = free_port()
-    common = [*SECMOE, *layer, "--json", f"--timeout={timeout}"]
+    """One run: server (with ``--workers``) and client processes over TCP; the client's JSON
+    with the server's selection figures."""
     extra = ["--workers", str(workers)] if workers else []
-    server = subprocess.Popen(
-        [*common, *extra, "--party", "server", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    srv: dict = {}
     load = os.getloadavg()
-    client = subprocess.run(
-        [*common, "--party", "client", "--connect", f"127.0.0.1:{port}", "--connect-timeout=120"],
-        capture_output=True,
-        text=True,
-        timeout=timeout + 300,
-    )
-    out, err = server.communicate(timeout=120)
-    if client.returncode or server.returncode:
-        raise SystemExit(f"run failed:\n{client.stderr[-2000:]}\n{err[-2000:]}")
-    res = json.loads(client.stdout.strip().splitlines()[-1])
-    srv = json.loads(out.strip().splitlines()[-1])
+    cmd = [*SECMOE, *layer, "--json", f"--timeout={timeout}"]
+    res, err, _wall = run_two(cmd, timeout + 300, server_extra=extra, server_result=srv)
+    if res is None:
+        raise SystemExit(f"run failed:\n{err}")
     res.update(workers=workers, load_before=load, load_after=os.getloadavg())
     res.update({k: v for k, v in srv.items() if k.startswith("select_")})
     return res
