@@ -22,7 +22,9 @@ Run sets (``--run``, several allowed; ``--only`` filters by model/strategy subst
   the same model and strategy where one exists (the table says by how much they differ);
 - ``baseline``: ``all`` (every expert, BumbleBee-style) on the whole moe-small-8;
 - ``layers-cf``: ``dispatch`` with Switch's training capacity factor 1.25 (C = ⌈1.25·8/E⌉:
-  it drops tokens the model keeps, a different function, labelled ``dispatch cf=1.25``).
+  it drops tokens the model keeps, a different function, labelled ``dispatch cf=1.25``);
+- ``layers-he``: ``select`` at E = 8 and 64 with the norms' row products by HE
+  (``--norm-products he``: fewer bytes, more compute; labelled ``select, HE norms``).
 
 An E with no run of its own (``select`` at E = 128 needs ~15 GB on the server for one MoE
 layer's encoded experts, more than this shared machine could spare) is composed for bytes and
@@ -84,11 +86,18 @@ def run_sets(name: str) -> list[dict]:
             {"model": f"switch-base-{e}", "strategy": "dispatch", "layers": 2, "cf": 1.25}
             for e in EXPERTS
         ]
-    raise SystemExit(f"unknown run set {name!r}: whole, layers, layers-cf, baseline")
+    if name == "layers-he":  # the norms' row products by HE (bench model --norm-products he)
+        return [
+            {"model": f"switch-base-{e}", "strategy": "select", "layers": 2, "norms": "he"}
+            for e in (8, 64)
+        ]
+    raise SystemExit(f"unknown run set {name!r}: whole, layers, layers-cf, layers-he, baseline")
 
 
 def label(run: dict) -> str:
-    """The strategy as shown: with its capacity factor when the run sets one."""
+    """The strategy as shown: with its capacity factor or HE norms when the run sets them."""
+    if run.get("norms") == "he":
+        return f"{run['strategy']}, HE norms"
     if not run.get("cf"):
         return run["strategy"]
     return f"{run['strategy']} cf={run['cf']} (drops tokens: another function)"
@@ -99,6 +108,7 @@ def run_pair(run: dict, timeout: float) -> dict:
     args = ["--preset", run["model"], "--tokens", "8", "--strategy", run["strategy"]]
     args += ["--layers", str(run["layers"])] if run["layers"] else []
     args += ["--capacity-factor", str(run["cf"])] if run.get("cf") else []
+    args += ["--norm-products", run["norms"]] if run.get("norms") else []
     args += ["--json", f"--timeout={timeout}"]
     load0 = os.getloadavg()
     res, err, wall = run_two([*SECMOE, *args], 4 * timeout + 600)

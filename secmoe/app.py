@@ -43,8 +43,10 @@ def load_model(path: str) -> ModelWeights:
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:
-    """The run options of ``--strategy``, ``--capacity``, ``--capacity-factor``."""
-    return RunOptions(args.strategy, args.capacity_factor, args.capacity)
+    """The run options of ``--strategy``, ``--capacity``, ``--capacity-factor``,
+    ``--norm-products``."""
+    norms = getattr(args, "norm_products", "ot")  # generation: one-row steps, by COTs
+    return RunOptions(args.strategy, args.capacity_factor, args.capacity, norms)
 
 
 def reference_capacity(weights: ModelWeights, options: RunOptions, tokens: int) -> int:

@@ -64,7 +64,7 @@ from ..model.fixed import run_fixed
 from ..model.fold import FoldError, fold_norms
 from ..model.lazy_weights import StreamedLayers, lazy_random_weights, materialize
 from ..model.plan_work import announce_work
-from ..model.secure import RunOptions, moe_spec, secure_forward
+from ..model.secure import NORM_PRODUCTS, RunOptions, moe_spec, secure_forward
 from ..model.session import (
     MAX_UNION_BITS,
     flood_demand,
@@ -104,6 +104,12 @@ def _args(p: argparse.ArgumentParser) -> None:
         type=float,
         help="C = ⌈cf·k·T/E⌉ per expert instead of the model's own capacity (drops tokens the "
         "model keeps when C < T: a different function, labelled in the output)",
+    )
+    p.add_argument(
+        "--norm-products",
+        choices=NORM_PRODUCTS,
+        default="ot",
+        help="the norms' row products: by COTs (default) or by HE where fewer bytes",
     )
     p.add_argument("--layers", type=int, help="run only the first N blocks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="the random weights' public seed")
@@ -145,7 +151,7 @@ def model_config(args: argparse.Namespace) -> ModelConfig:
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    RunOptions(args.strategy, args.capacity_factor)  # validates the capacity factor
+    _options(args)  # validates the capacity factor
     if args.check and args.model is not None:
         raise ValueError("--check needs --preset (the client regenerates the random weights)")
     if args.model is None:
@@ -159,7 +165,12 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         "layers": args.layers,
         "seed": args.seed,
         "fold_norms": args.fold_norms,
+        "norm_products": args.norm_products,
     }
+
+
+def _options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(args.strategy, args.capacity_factor, norm_products=args.norm_products)
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,7 +347,7 @@ def _client_inputs(cfg: ModelConfig, tokens: int, seed: int) -> np.ndarray:
 async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     load_start = os.getloadavg()
-    options = RunOptions(args.strategy, args.capacity_factor)
+    options = _options(args)
     weights, refused = None, None
     if ch.role == "server":
         source = model_config(args)

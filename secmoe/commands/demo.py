@@ -28,7 +28,7 @@ from ..net import Channel, run_pair
 from ..net.memory import memory_pair
 from ..net.transcript import TranscriptWriter
 from ..progress import Reporter
-from .args import add_count_args, add_shaping_arg, add_strategy_args
+from .args import add_count_args, add_norm_products_arg, add_shaping_arg, add_strategy_args
 from .client import cost_lines, figures, run_client
 from .output import table
 
@@ -39,6 +39,7 @@ HELP = "private inference on the bundled model, in one process"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_count_args(p, 8, "held-out images (default 8)")
     add_strategy_args(p)
+    add_norm_products_arg(p)
     add_shaping_arg(p, "shape the in-memory link")
     p.add_argument(
         "--transcript",

@@ -28,7 +28,7 @@ from ..net.transcript import TranscriptWriter
 from ..progress import Reporter
 from ..text import Tokenized, Tokenizer, decode_output, decoded_lines, load_tokenizer, read_text
 from ..text import tokenize as tokenize_text
-from .args import add_client_args, add_count_args, add_strategy_args
+from .args import add_client_args, add_count_args, add_norm_products_arg, add_strategy_args
 from .client import connect_server, cost_lines, figures, run_client
 
 NAME = "infer"
@@ -55,6 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_count_args(p, 1, "held-out images without --input (default 1)")
     add_strategy_args(p)
+    add_norm_products_arg(p)
     add_client_args(p)
 
 

@@ -460,7 +460,8 @@ class ReturnPacker:
        (e1, e2) centered-binomial noise, so that c1 is a fresh RLWE sample independent of the
        server's data;
     2. mask: add Δ·R at the P decryptable ``positions`` (R uniform in Z_{2^ℓ}; the server's
-       share is −R);
+       share is −R); with ``out_bits`` b < ℓ (results wanted mod 2^b, the client's input
+       scaled by 2^(ℓ−b)), R uniform in Z_{2^b} and Δ·2^(ℓ−b)·R added;
     3. flood: add noise uniform in [−2^β, 2^β) at the same positions;
     4. switch to the output level (SEAL's BFV modulus switching: divide and round);
     5. export c1 (all N coefficients) and c0 at the positions only.
@@ -472,12 +473,16 @@ class ReturnPacker:
         ctx: the context.
         pk: the client's public key.
         beta: flooding bits β (:func:`~secmoe.crypto.he_params.plan_noise`).
+        out_bits: b, the results are wanted mod 2^b (default ℓ).
     """
 
-    def __init__(self, ctx: HEContext, pk: PublicKey, beta: int) -> None:
+    def __init__(
+        self, ctx: HEContext, pk: PublicKey, beta: int, out_bits: int | None = None
+    ) -> None:
         self.ctx = ctx
         self.pk = pk
         self.beta = beta
+        self.out_bits = out_bits or ctx.params.plain_bits
 
     def finish(
         self, ct: sealapi.Ciphertext | None, positions: np.ndarray, prg: PRG, level: int
@@ -507,8 +512,8 @@ class ReturnPacker:
         primes = ctx.primes[:level]
         e = sample_cbd(prg, (2, n), CBD_ETA)
         noise = np.moveaxis(signed_to_rns(e, primes), 0, 1)  # (2, L, N)
-        r = prg.ring(len(positions), ctx.params.plain_bits)
-        dr = ctx.scaler(level).encode(r)  # (L, P)
+        r = prg.ring(len(positions), self.out_bits)
+        dr = ctx.scaler(level).encode(r << U64(ctx.params.plain_bits - self.out_bits))  # (L, P)
         fl = sample_flood_rns(prg, self.beta, primes, len(positions))
         for i, q in enumerate(primes):
             col = noise[0, i, positions]

@@ -199,9 +199,12 @@ class HEParams:
         per_switch = math.sqrt(self.n * MODSWITCH_TAIL) + 1.0
         return math.log2(2.0 * per_switch)
 
-    def decrypt_margin_bits(self) -> float:
-        """log2 of the largest noise the output level decrypts correctly: q_L / 2^(ℓ+1)."""
-        return self.out_q_bits - self.plain_bits - 1
+    def decrypt_margin_bits(self, out_bits: int | None = None) -> float:
+        """log2 of the largest noise the output level decrypts correctly: q_L / 2^(b+1) for
+        results wanted mod 2^b (default b = ℓ; a product whose client input is scaled by
+        2^(ℓ−b) has its result's lowest wanted bit at weight q/2^b, see
+        :class:`~secmoe.protocols.he_common.MatmulPlan`)."""
+        return self.out_q_bits - (out_bits or self.plain_bits) - 1
 
     def keyswitch_noise_bits(self) -> float:
         """log2 of a worst-case bound on the noise one key switch (a Galois automorphism with
@@ -234,25 +237,28 @@ def plan_noise(
     stat_sec: int = STAT_SEC,
     union_bits: int = FLOOD_UNION_BITS,
     extra_bits: float = 0.0,
+    out_bits: int | None = None,
 ) -> NoisePlan:
     """β = ⌈log2_bound⌉ + σ + κ, and the smallest level whose modulus absorbs that flood.
 
     After switching to the output level the flood is scaled by q_L/q_level; it must stay (with
     the switch's rounding noise) below q_L/2^(ℓ+1). ``extra_bits`` reserves room for noise added
-    after the flood (none in secmoe's protocols). Raises ``ValueError`` if even the top level is
-    too small: the parameter set does not fit this product.
+    after the flood (none in secmoe's protocols); ``out_bits``: the result is wanted mod
+    2^out_bits only (:meth:`HEParams.decrypt_margin_bits`). Raises ``ValueError`` if even the
+    top level is too small: the parameter set does not fit this product.
     """
     beta = math.ceil(log2_bound) + stat_sec + union_bits
-    limit = params.decrypt_margin_bits() - 0.5
+    limit = params.decrypt_margin_bits(out_bits) - 0.5
     rest = 2.0 ** params.modswitch_noise_bits() + 2.0 + 2.0**extra_bits
     for level in range(params.out_primes, len(params.primes) + 1):
         scaled = beta - (level_bits(params, level) - params.out_q_bits)
         if math.log2(2.0**scaled + rest) < limit:
             return NoisePlan(beta, level, log2_bound)
+    margin = params.decrypt_margin_bits(out_bits)
     raise ValueError(
         f"{params.name}: noise 2^{log2_bound:.1f} needs flooding 2^{beta}, more than the top "
         f"level (q = 2^{params.q_bits:.1f}) absorbs before switching to q_L = "
-        f"2^{params.out_q_bits:.1f} (decryption limit 2^{params.decrypt_margin_bits():.1f}); "
+        f"2^{params.out_q_bits:.1f} (decryption limit 2^{margin:.1f}); "
         "use a larger parameter set or smaller plaintexts"
     )
 
@@ -275,13 +281,19 @@ class ReturnBits:
 
 
 def plan_return_bits(
-    params: HEParams, beta: int, level: int, n_c1: int = 1, n_c0: int = 0
+    params: HEParams,
+    beta: int,
+    level: int,
+    n_c1: int = 1,
+    n_c0: int = 0,
+    out_bits: int | None = None,
 ) -> ReturnBits:
     """The (k1, k0) that keep decryption exact (module docstring) and minimize
     n_c1·(80 − k1) + n_c0·(80 − k0), the bits of n_c1 c1 and n_c0 c0 coefficients, for a
-    result flooded with 2^β at ``level`` and switched to the output level."""
+    result flooded with 2^β at ``level``, switched to the output level and wanted mod
+    2^out_bits (default ℓ)."""
     full = math.prod(params.primes[: params.out_primes]).bit_length()
-    limit = 2.0 ** (params.decrypt_margin_bits() - 0.5)
+    limit = 2.0 ** (params.decrypt_margin_bits(out_bits) - 0.5)
     scaled = beta - (level_bits(params, level) - params.out_q_bits)
     room0 = limit - (2.0**scaled + 2.0 ** params.modswitch_noise_bits() + 2.0)
     root = math.sqrt(params.n * MODSWITCH_TAIL)

@@ -59,6 +59,7 @@ from ..ops.linear import (
     setup_he,
 )
 from ..ops.moe import INSECURE_STRATEGIES, prepare_all_step
+from ..ops.norm import he_coefficients
 from ..protocols.he_linear import plan_matmul
 from ..protocols.party import Party
 from .config import ModelConfig
@@ -196,6 +197,8 @@ def flood_demand(cfg: ModelConfig, shape: tuple[int, int], options: RunOptions) 
         small += b * cfg.out_dim
     elif cfg.head == "lm":
         small += rows * cfg.out_dim
+    if options.he_norms:  # two norms a block and the final one (an upper bound: he_products)
+        small += (2 * cfg.n_layers + 1) * he_coefficients(rows, d)
     return {HE_8K.name: small, HE_16K.name: big}
 
 
@@ -299,7 +302,15 @@ def prepare_weights(
 
 #: The session kind of a request that names none: inference of batches of inputs.
 INFER = "infer"
-REQUEST_FIELDS = ("kind", "strategy", "shape", "capacity", "capacity_factor", "batches")
+REQUEST_FIELDS = (
+    "kind",
+    "strategy",
+    "shape",
+    "capacity",
+    "capacity_factor",
+    "norm_products",
+    "batches",
+)
 #: The most bytes a client may have the server hold before its request is accepted.
 REQUEST_BUDGET = 64 << 10
 #: A server's default time (s) during which one session's setup serves new batches.
@@ -469,6 +480,7 @@ def check_request(req: dict[str, Any], cfg: ModelConfig, lim: ServerLimits) -> I
         raise SessionRefused(f"unknown request fields {', '.join(unknown)}")
     strategy, shape = req.get("strategy"), req.get("shape")
     capacity, factor = req.get("capacity"), req.get("capacity_factor")
+    norms = req.get("norm_products", "ot")
     asked = req.get("batches", 1)
     if not (
         isinstance(shape, list)
@@ -497,8 +509,10 @@ def check_request(req: dict[str, Any], cfg: ModelConfig, lim: ServerLimits) -> I
         raise SessionRefused(f"malformed capacity {quoted(capacity)}: an integer ≥ 1 or none")
     if isinstance(factor, bool) or not (factor is None or isinstance(factor, float | int)):
         raise SessionRefused(f"malformed capacity factor {quoted(factor)}: a number > 0 or none")
+    if not isinstance(norms, str):
+        raise SessionRefused(f"malformed norm products {quoted(norms)}: 'ot' or 'he'")
     try:
-        options = RunOptions(strategy, factor, capacity)
+        options = RunOptions(strategy, factor, capacity, norms)
     except (TypeError, ValueError) as exc:
         raise SessionRefused(str(exc)) from None
     if strategy in INSECURE_STRATEGIES and not lim.allow_insecure:
@@ -733,6 +747,7 @@ class ClientSession:
                 "shape": list(shape),
                 "capacity": options.capacity,
                 "capacity_factor": options.capacity_factor,
+                "norm_products": options.norm_products,
                 "batches": -(-len(x) // size),
             }
             await ch.send(request, tag="setup/request")

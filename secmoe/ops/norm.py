@@ -37,12 +37,15 @@ sums and scalings *per row*, so their cross terms go as HE products of whole row
 :func:`sum_squares_he` (c's narrow shares: the local squares, one HE inner product per row
 for 2·u_c·u_s, one COT each way per element for the wrap) and :func:`mul_rows_he` (c·y with
 y one value per row: two HE row scalings, x_c·u_s and u_c·v_s, and short COTs for the
-wraps); both exact. :func:`he_products` takes each where it declares fewer bytes (at one row
-the COTs stay). Measured (``secmoe bench rmsnorm --shape 8x768 --var-range=-8,12``, silent
-OT, online): 3.18 → 1.72 MB with γ, 2.46 → 1.03 MB folded (Σc² 0.31 MB: 0.26 HE + 0.05
-COTs; c·y 0.64 MB: 0.62 HE + 0.03 COTs; trunc 0.03; rsqrt 0.04; γ·z 0.67 MB); 128 × 768:
-50.8 → 27.3 MB, 39.4 → 16.3 MB folded, but more computation (rows in groups of 8, 48 HE
-products of N = 8192: about 9 s on a loaded 2-core machine against 1 s by COTs).
+wraps); both exact, each HE product returning only the bits of its ring (``out_bits``:
+Σc² mod 2^62, c·y mod 2^44). :func:`he_products` takes each where it declares fewer bytes
+(at one row the COTs stay). Measured (``secmoe bench rmsnorm --shape 8x768
+--var-range=-8,12 [--folded] --products ot|he``, silent OT, online): 3.18 → 1.64 MB with γ,
+2.44 → 0.95 MB folded (the HE products: Σc² 0.26 MB, c·y 0.54 MB); 128 × 768: 50.8 → 26.1
+MB, 39.1 → 15.1 MB folded, but more computation (rows in groups of 8, 48 HE products of
+N = 8192: 9–11 s against 2.7 s by COTs at load 5 on this 2-core machine; 0.5 s against 0.13 s
+at 8 × 768). The model runs them with ``RunOptions(norm_products="he")``
+(``--norm-products he``); COTs by default.
 
 **γ ⊙ z with a server-private γ** (:func:`mul_server_weight`): γ·z = γ·z_s + γ·z_c. The server
 computes γ·z_s itself. For γ·z_c it is the COT *receiver*, choosing with the w bits of each γ_j
@@ -235,12 +238,15 @@ def _he_state(p: Party) -> HEState:
     return p.he
 
 
-async def _rows(p: Party, kind: str, mine: np.ndarray, d: int, w_bits: int) -> np.ndarray:
-    """This party's shares of the row product ``kind`` (:mod:`secmoe.protocols.he_rowdot`)."""
+async def _rows(
+    p: Party, kind: str, mine: np.ndarray, d: int, w_bits: int, bits: int
+) -> np.ndarray:
+    """This party's shares mod 2^bits of the row product ``kind``
+    (:mod:`secmoe.protocols.he_rowdot`)."""
     st = _he_state(p)
     he = st.client(HE_8K) if p.role == CLIENT else st.server(HE_8K)
     return await row_product(
-        p.ch, he, kind, mine, d, w_bits, p.prg, union_bits=st.union_bits, ring=p.ring
+        p.ch, he, kind, mine, d, w_bits, p.prg, union_bits=st.union_bits, out_bits=bits, ring=p.ring
     )
 
 
@@ -281,7 +287,7 @@ async def sum_squares_he(
     q = p.fork("wrap").with_ring(ring.with_bits(out.bits - k - 1))  # (…)/2^(k+1)
     corr = ((1 - top) * g) >> np.uint64(k + 1)
     wrap = _cross_pair(q, corr, top.astype(bool), 1)
-    dot = _rows(p.fork("dot"), "dot", u.reshape(-1, d), d, k + 1)
+    dot = _rows(p.fork("dot"), "dot", u.reshape(-1, d), d, k + 1, out.bits)
     (mine, got), s = await asyncio.gather(wrap, dot)
     cross = (mine.reshape(-1) + got.reshape(-1)) << np.uint64(k + 1)
     terms = (local + cross).reshape(-1, d).sum(axis=1)
@@ -327,8 +333,8 @@ async def mul_rows_he(
     corr = rw.reduce(np.uint64(0) - (1 - top)[:, None] * xr)  # −(1 − msb)·x_own, per row
     wrap = _cross_pair(p.fork("w").with_ring(rw), corr, top.astype(bool), d)
     if p.role == CLIENT:
-        sc = _rows(p.fork("sc"), "scale_c", xr, d, k + 1)
-        ss = _rows(p.fork("ss"), "scale_s", u, d, kx + 1)
+        sc = _rows(p.fork("sc"), "scale_c", xr, d, k + 1, bits)
+        ss = _rows(p.fork("ss"), "scale_s", u, d, kx + 1, bits)
         cx = rx.reduce(np.uint64(0) - (1 - topx) * u[:, None]).reshape(-1)
         wx = p.fork("wx").ot.acot_send(cx, rx.bits)
         local = (
@@ -336,8 +342,8 @@ async def mul_rows_he(
             - (b_ + (top << np.uint64(k)))[:, None] * xr
         )
     else:
-        sc = _rows(p.fork("sc"), "scale_c", u, d, k + 1)
-        ss = _rows(p.fork("ss"), "scale_s", v, d, kx + 1)
+        sc = _rows(p.fork("sc"), "scale_c", u, d, k + 1, bits)
+        ss = _rows(p.fork("ss"), "scale_s", v, d, kx + 1, bits)
         wx = p.fork("wx").ot.acot_recv(topx.reshape(-1).astype(bool), rx.bits)
         local = xr * u[:, None] - (b_ + (top << np.uint64(k)))[:, None] * xr
     a1, a2, (m1, m2), t = await asyncio.gather(sc, ss, wrap, wx)
@@ -354,8 +360,8 @@ def mul_rows_he_cost(
 ) -> Cost:
     """Declared cost of :func:`mul_rows_he` on ``rows`` rows of d."""
     rw, rx = Ring().with_bits(bits - y_bits), Ring().with_bits(bits - x_bits)
-    he = rows_cost("scale_c", rows, d, y_bits + 1, union_bits) | rows_cost(
-        "scale_s", rows, d, x_bits + 1, union_bits
+    he = rows_cost("scale_c", rows, d, y_bits + 1, union_bits, bits) | rows_cost(
+        "scale_s", rows, d, x_bits + 1, union_bits, bits
     )
     wrap = acot_cost(pool, CLIENT, rows, rw, d) | acot_cost(pool, "server", rows, rw, d)
     return he | wrap | acot_cost(pool, CLIENT, rows * d, rx)
@@ -368,7 +374,8 @@ def sum_squares_he_cost(
     (``union_bits``: κ)."""
     n, w = rows * d, ring.with_bits(ring.bits - x_bits - 1)
     cots = acot_cost(pool, CLIENT, n, w) | acot_cost(pool, "server", n, w)
-    return cots | rows_cost("dot", rows, d, x_bits + 1, kw.get("union_bits", FLOOD_UNION_BITS))
+    kappa = kw.get("union_bits", FLOOD_UNION_BITS)
+    return cots | rows_cost("dot", rows, d, x_bits + 1, kappa, ring.bits)
 
 
 # --------------------------------------------------------------------------------------------
@@ -498,13 +505,12 @@ def _he_y_bits(yb: int, x_bits: int) -> int:
     return max(yb, x_bits)
 
 
-def he_coefficients(
-    rows: int, d: int, x_bits: int = DEFAULT_X_BITS, union_bits: int = FLOOD_UNION_BITS
-) -> int:
+def he_coefficients(rows: int, d: int, x_bits: int = DEFAULT_X_BITS) -> int:
     """An upper bound on the coefficients one norm on ``rows`` rows of d returns under the
     ``HE_8K`` key (its flooding budget, :class:`secmoe.crypto.he.FloodBudget`) with ``he``:
-    as if both products went by HE (:func:`he_products` may keep either on COTs)."""
-    g = plan_rows("dot", rows, d, x_bits + 1, union_bits)
+    as if both products went by HE (:func:`he_products` may keep either on COTs); a function
+    of the shapes only (:func:`~secmoe.protocols.he_rowdot.plan_rows`), whatever κ."""
+    g = plan_rows("dot", rows, d, x_bits + 1)
     dot = sum(min(g, rows - s) ** 2 for s in range(0, rows, g))
     return dot + 2 * rows * d
 

@@ -77,6 +77,11 @@ class MatmulPlan:
         stride: S, the distance between a product's outputs (0: d_b); a power of two when
             ``pack`` > 0.
         pack: the returned ciphertexts merge 2^pack products each (:class:`ProductPacker`).
+        out_bits: b, the results are wanted mod 2^b only (ℓ: all of Z_{2^ℓ}). With b < ℓ both
+            parties scale their shares of X by 2^(ℓ−b) (:func:`lift_x`), so the result's
+            lowest wanted bit sits at weight q/2^b: decryption tolerates 2^(ℓ−b) times more
+            noise, and the returned coefficients carry ℓ − b fewer bits
+            (:attr:`ret_bits`); the shares come back mod 2^b.
     """
 
     params: str
@@ -92,6 +97,7 @@ class MatmulPlan:
     beta: int
     stride: int = 0
     pack: int = 0
+    out_bits: int = 64
 
     @property
     def step(self) -> int:
@@ -140,7 +146,7 @@ class MatmulPlan:
     def wire(self) -> list[int]:
         """The plan as integers (sent by the client, checked by the server)."""
         return [self.n, self.t, self.d, *self.hs, self.tb, self.db, self.hb, self.w_bits,
-                self.level, self.beta, self.step, self.pack]  # fmt: skip
+                self.level, self.beta, self.step, self.pack, self.out_bits]  # fmt: skip
 
     def positions(self, tr: int, hc: int) -> np.ndarray:
         """Coefficients holding the tr×hc outputs of one product (row-major): (i·h_b + l)·S."""
@@ -178,7 +184,7 @@ class MatmulPlan:
         (:func:`~secmoe.crypto.he_params.plan_return_bits`)."""
         params = params_for(self.params)
         return plan_return_bits(
-            params, self.beta, self.level, self.n_out * self.n, self.n_positions
+            params, self.beta, self.level, self.n_out * self.n, self.n_positions, self.out_bits
         )
 
     def ct_bytes(self, count: int = 1) -> tuple[int, int]:
@@ -243,6 +249,7 @@ def plan_matmul(
     *,
     w_bits: int = 16,
     union_bits: int = FLOOD_UNION_BITS,
+    out_bits: int = 64,
 ) -> MatmulPlan:
     """The packing that minimizes the bytes on the wire plus :data:`KEYSWITCH_WEIGHT` returned
     c1 per key switch (ties: fewer products).
@@ -258,11 +265,14 @@ def plan_matmul(
         params: the HE parameter set.
         w_bits: public bound on the weights, |W| < 2^(w_bits−1); 64 for arbitrary ring elements.
         union_bits: κ, log2 of the coefficients the key's flooding must cover (β grows with it).
+        out_bits: the results are wanted mod 2^out_bits only (:class:`MatmulPlan`).
     """
     hs = tuple(int(h) for h in hs)
     if t < 1 or d < 1 or not hs or min(hs) < 1:
         raise ValueError("matmul shapes must be positive")
-    return _plan_matmul(t, d, hs, params, w_bits, union_bits)
+    if not 1 <= out_bits <= params.plain_bits:
+        raise ValueError(f"out_bits must be in [1, {params.plain_bits}], got {out_bits}")
+    return _plan_matmul(t, d, hs, params, w_bits, union_bits, out_bits)
 
 
 def _ks_bytes(n: int) -> float:
@@ -271,7 +281,13 @@ def _ks_bytes(n: int) -> float:
 
 @functools.lru_cache(maxsize=1024)
 def _plan_matmul(
-    t: int, d: int, hs: tuple[int, ...], params: HEParams, w_bits: int, union_bits: int
+    t: int,
+    d: int,
+    hs: tuple[int, ...],
+    params: HEParams,
+    w_bits: int,
+    union_bits: int,
+    out_bits: int,
 ) -> MatmulPlan:
     n = params.n
     hmax = max(hs)
@@ -292,12 +308,14 @@ def _plan_matmul(
                 for pack in range(depth + 1):
                     try:
                         bound = noise_log2_bound(nb, db, hb, w_bits, params, pack)
-                        noise = plan_noise(params, bound, union_bits=union_bits)
+                        noise = plan_noise(params, bound, union_bits=union_bits, out_bits=out_bits)
                     except ValueError:
                         continue
                     n_out = -(-leaves >> pack)
                     in_bytes = n * sum(params.byte_widths[: noise.level])
-                    bits = plan_return_bits(params, noise.beta, noise.level, n_out * n, t * sum(hs))
+                    bits = plan_return_bits(
+                        params, noise.beta, noise.level, n_out * n, t * sum(hs), out_bits
+                    )
                     cost = nr * nb * in_bytes + ret_bytes(bits, n_out, n, t * sum(hs))
                     score = cost + _ks_bytes(n) * (leaves - n_out)
                     key = (score, cost, nb * leaves, -tb)
@@ -307,7 +325,9 @@ def _plan_matmul(
     if best is None:
         raise ValueError(f"{params.name}: no packing fits noise for w_bits={w_bits}, d={d}")
     tb, db, hb, level, beta, stride, pack = best[1]
-    return MatmulPlan(params.name, n, t, d, hs, tb, db, hb, w_bits, level, beta, stride, pack)
+    return MatmulPlan(
+        params.name, n, t, d, hs, tb, db, hb, w_bits, level, beta, stride, pack, out_bits
+    )
 
 
 # --- layouts -------------------------------------------------------------------------------
@@ -515,6 +535,18 @@ def encode_weights(
 # --- the two sides' local steps -------------------------------------------------------------
 
 
+def lift_x(x: np.ndarray, plan: MatmulPlan) -> np.ndarray:
+    """A party's share of X as it enters the ciphertext: X·2^(ℓ−b) for results wanted mod
+    2^b (b = ``plan.out_bits``; shares of X mod 2^b suffice)."""
+    shift = params_for(plan.params).plain_bits - plan.out_bits
+    return np.asarray(x, dtype=U64) << U64(shift)
+
+
+def _low_bits(v: np.ndarray, plan: MatmulPlan) -> np.ndarray:
+    """v mod 2^out_bits."""
+    return v & U64((1 << plan.out_bits) - 1) if plan.out_bits < 64 else v
+
+
 def step_client_encrypt(
     he: ClientHE, xs: Sequence[np.ndarray], plan: MatmulPlan, prg: PRG
 ) -> tuple[bytes, np.ndarray]:
@@ -522,7 +554,7 @@ def step_client_encrypt(
 
     The ciphertexts of X_k are rows k·n_in … (k+1)·n_in − 1.
     """
-    polys = np.concatenate([layout_x(np.asarray(x, dtype=U64), plan) for x in xs])
+    polys = np.concatenate([layout_x(lift_x(x, plan), plan) for x in xs])
     seed, c0 = he.sk.encrypt(polys, prg, level=plan.level)
     return seed, pack_fresh(he.ctx, c0, plan.level)
 
@@ -543,7 +575,7 @@ def step_server_import(
     a = expand_a(seed, k * plan.n_in, primes, ctx.n)
     mine = [i for i, x in enumerate(x_s) if x is not None]
     if mine:  # X = X_c + X_s inside the ciphertext
-        polys = np.concatenate([layout_x(np.asarray(x_s[i], dtype=U64), plan) for i in mine])
+        polys = np.concatenate([layout_x(lift_x(x_s[i], plan), plan) for i in mine])
         add = ctx.ntt(ctx.encode_bfv(polys, level))
         for j, i in enumerate(mine):
             sl = slice(i * plan.n_in, (i + 1) * plan.n_in)
@@ -681,7 +713,7 @@ def step_server_eval(
     Returns the server's shares −R_m, c1 (n_out, 2, N) and c0 at the outputs (2, P).
     """
     ctx, plan = he.ctx, enc.plan
-    flood = ReturnPacker(ctx, he.pk, plan.beta)
+    flood = ReturnPacker(ctx, he.pk, plan.beta, plan.out_bits)
     packer = ProductPacker(he, plan) if plan.pack else None
     shares = [np.zeros((plan.t, h), dtype=U64) for h in plan.hs]
     c1_out = np.empty((plan.n_out, ctx.out, ctx.n), dtype=U64)
@@ -696,7 +728,7 @@ def step_server_eval(
         c0_out.append(c0p)
         off = 0
         for m, r, c, tr, hc in outs[g * size : (g + 1) * size]:
-            part = (U64(0) - rmask[off : off + tr * hc]).reshape(tr, hc)
+            part = _low_bits(U64(0) - rmask[off : off + tr * hc], plan).reshape(tr, hc)
             shares[m][r * plan.tb : r * plan.tb + tr, c * plan.hb : c * plan.hb + hc] = part
             off += tr * hc
     return shares, c1_out, np.concatenate(c0_out, axis=1)
@@ -718,6 +750,9 @@ def step_client_decrypt(
     positions = plan.returned_positions() * count
     splits = np.cumsum([len(p) for p in positions])[:-1]
     vals = np.concatenate(he.sk.decrypt_returned(c1, np.split(c0, splits, axis=1), positions))
+    shift = he.ctx.params.plain_bits - plan.out_bits
+    if shift:  # round off the noise below the lowest wanted bit
+        vals = _low_bits((vals + U64(1 << (shift - 1))) >> U64(shift), plan)
     outs = list(plan.outputs())
     result, off = [], 0
     for _ in range(count):

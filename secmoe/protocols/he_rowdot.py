@@ -15,8 +15,8 @@ server's W as "weights", its share of X zero): ``dot``: X = A_G (g×d), W = V_G�
 diagonal of X·W; ``scale_c``: X = A_Gᵀ (d×g), W = diag(v_G), the transpose of X·W;
 ``scale_s``: X = diag(a_G) (g×g), W = V_G (g×d). Products outside the wanted ones (the
 off-diagonal inner products of ``dot``) are computed in the same ciphertexts and discarded by
-both parties. g is a public function of (kind, R, d, w_bits, κ) (:func:`plan_rows`: the fewest
-bytes).
+both parties. g is a public function of (kind, R, d, w_bits) (:func:`plan_rows`: the fewest
+bytes), so the coefficients a call returns are known before the keys' κ is chosen.
 
 **Who learns what.** As in :mod:`secmoe.protocols.he_linear`: the server sees only
 ciphertexts under the client's key; the client decrypts uniformly masked, noise-flooded
@@ -29,10 +29,16 @@ the kind, R, d, w_bits.
     client ◀── he/mm/y: Enc(X·W + M) ── server          shares: (X·W + M, −M), then the
                                                           diagonal / transpose / as is
 
+**Fewer bits back.** With ``out_bits`` b < ℓ (the caller wants the shares mod 2^b only: the
+norm's products live on rings of 44 and 62 bits) the plan scales the input by 2^(ℓ−b)
+(:class:`~secmoe.protocols.he_common.MatmulPlan`'s ``out_bits``): the result's lowest wanted
+bit then sits at q/2^b, decryption tolerates 2^(ℓ−b) times the noise, and every returned
+coefficient carries about ℓ − b bits fewer.
+
 **Cost.** Σ over groups of :func:`~secmoe.protocols.he_linear.matmul_cost` (exact):
-:func:`rows_cost`. At R = 8, d = 768 (``HE_8K``, one group): ``dot`` (w_bits = 31) 180 KB up,
-77 KB down; ``scale_c`` and ``scale_s`` 180 KB up, 128 KB down each — against 1.07 MB and
-1.28 MB for the same products by COTs.
+:func:`rows_cost`. At R = 8, d = 768 (``HE_8K``, one group): ``dot`` (w_bits = 31, b = 62)
+180 KB up, 75 KB down; ``scale_c`` and ``scale_s`` (b = 44) 180 KB up, 92 KB down each
+(128 KB at b = 64) — against 1.07 MB and 1.28 MB for the same products by COTs.
 
 REF: Cheetah (eprint 2022/207) §3.1 (products by coefficient encoding); BumbleBee (eprint
 2023/1678) for the returned-coefficient packing.
@@ -45,7 +51,7 @@ import functools
 
 import numpy as np
 
-from ..crypto.he_params import HE_8K
+from ..crypto.he_params import FLOOD_UNION_BITS, HE_8K
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
@@ -69,13 +75,15 @@ def _groups(rows: int, g: int) -> list[int]:
     return [min(g, rows - s) for s in range(0, rows, g)]
 
 
-def _plan(kind: str, g: int, d: int, w_bits: int, union_bits: int) -> MatmulPlan:
+def _plan(kind: str, g: int, d: int, w_bits: int, union_bits: int, out_bits: int) -> MatmulPlan:
     t, inner, h = {"dot": (g, d, g), "scale_c": (d, g, g), "scale_s": (g, g, d)}[kind]
-    return plan_matmul(t, inner, [h], HE_8K, w_bits=w_bits, union_bits=union_bits)
+    return plan_matmul(
+        t, inner, [h], HE_8K, w_bits=w_bits, union_bits=union_bits, out_bits=out_bits
+    )
 
 
-def _group_cost(kind: str, g: int, d: int, w_bits: int, union_bits: int) -> Cost:
-    c = matmul_cost(_plan(kind, g, d, w_bits, union_bits))
+def _group_cost(kind: str, g: int, d: int, w_bits: int, union_bits: int, out_bits: int) -> Cost:
+    c = matmul_cost(_plan(kind, g, d, w_bits, union_bits, out_bits))
     return Cost(c["bytes_c2s"], c["bytes_s2c"], c["messages"], c["rounds"])
 
 
@@ -88,14 +96,11 @@ def _group_cost(kind: str, g: int, d: int, w_bits: int, union_bits: int) -> Cost
 PRODUCT_WEIGHT = 20_000
 
 
-def _products(kind: str, g: int, d: int, w_bits: int, union_bits: int) -> int:
-    return _plan(kind, g, d, w_bits, union_bits).products
-
-
 @functools.lru_cache(maxsize=256)
-def plan_rows(kind: str, rows: int, d: int, w_bits: int, union_bits: int) -> int:
+def plan_rows(kind: str, rows: int, d: int, w_bits: int) -> int:
     """The group size g (a power of two, or R) with the fewest bytes plus
-    :data:`PRODUCT_WEIGHT` per plaintext product (ties: the smaller g).
+    :data:`PRODUCT_WEIGHT` per plaintext product (ties: the smaller g), at the default κ and
+    with results mod 2^ℓ: a function of the shapes only.
 
     Raises:
         ValueError: for an unknown kind, or if no group size has a plan that holds the noise
@@ -109,8 +114,8 @@ def plan_rows(kind: str, rows: int, d: int, w_bits: int, union_bits: int) -> int
     for g in sorted({min(rows, 1 << i) for i in range(rows.bit_length() + 1)} | {rows}):
         try:
             total = sum(
-                _group_cost(kind, s, d, w_bits, union_bits).bytes_total
-                + PRODUCT_WEIGHT * _products(kind, s, d, w_bits, union_bits)
+                _group_cost(kind, s, d, w_bits, FLOOD_UNION_BITS, 64).bytes_total
+                + PRODUCT_WEIGHT * _plan(kind, s, d, w_bits, FLOOD_UNION_BITS, 64).products
                 for s in _groups(rows, g)
             )
         except ValueError:  # no packing holds the noise (d too large for w_bits)
@@ -121,12 +126,14 @@ def plan_rows(kind: str, rows: int, d: int, w_bits: int, union_bits: int) -> int
     return best[1]
 
 
-def rows_cost(kind: str, rows: int, d: int, w_bits: int, union_bits: int) -> Cost:
+def rows_cost(
+    kind: str, rows: int, d: int, w_bits: int, union_bits: int, out_bits: int = 64
+) -> Cost:
     """Declared cost of :func:`row_product` (either side) on R = ``rows`` rows of d."""
-    g = plan_rows(kind, rows, d, w_bits, union_bits)
+    g = plan_rows(kind, rows, d, w_bits)
     out = Cost()
     for s in _groups(rows, g):
-        out = out | _group_cost(kind, s, d, w_bits, union_bits)
+        out = out | _group_cost(kind, s, d, w_bits, union_bits, out_bits)
     return out
 
 
@@ -158,9 +165,12 @@ async def row_product(
     prg: PRG,
     *,
     union_bits: int,
+    out_bits: int = 64,
     ring: Ring = DEFAULT_RING,
 ) -> np.ndarray:
-    """This party's shares of the row product ``kind`` ((R,) for ``dot``, else R×d).
+    """This party's shares of the row product ``kind`` ((R,) for ``dot``, else R×d), mod
+    2^out_bits (:class:`~secmoe.protocols.he_linear.MatmulPlan`'s ``out_bits``: fewer bits
+    returned).
 
     Args:
         ch, he, prg: the party's channel, its HE keys (the client's :class:`ClientHE` or the
@@ -169,6 +179,7 @@ async def row_product(
         mine: the client's operand (R×d; (R,) for ``scale_s``), arbitrary ring elements; or
             the server's (R×d; (R,) for ``scale_c``), entries in [0, 2^(w_bits−1)).
         d, w_bits, union_bits: public: the row length, the server's bound, the keys' κ.
+        out_bits: public: the shares are wanted mod 2^out_bits only (≤ ℓ).
 
     Raises:
         ValueError: on the server, if an entry of its operand is outside [0, 2^(w_bits−1)).
@@ -192,11 +203,11 @@ async def row_product(
         (y,) = await matmul_server(c, he, zero, enc, q, ring=ring)
         return _result(kind, y)
 
-    g = plan_rows(kind, data.shape[0], d, w_bits, union_bits)
+    g = plan_rows(kind, data.shape[0], d, w_bits)
     sizes = _groups(data.shape[0], g)
     parts = await asyncio.gather(
         *(
-            one(i, slice(i * g, i * g + s), _plan(kind, s, d, w_bits, union_bits))
+            one(i, slice(i * g, i * g + s), _plan(kind, s, d, w_bits, union_bits, out_bits))
             for i, s in enumerate(sizes)
         )
     )

@@ -240,7 +240,7 @@ async def test_norms_with_he_products_match_spec_at_fewer_bytes(kind, weighted):
         assert not norm.he_products(p.ot, 8, 4096, R, vr, union_bits=k)[0]  # no plan: COTs
         if srv:  # the flooded coefficients under the HE_8K key: the declared bound, reached
             used = p.he.server(HE_8K).pk.budget.used
-            assert used == norm.he_coefficients(8, 768, union_bits=k)
+            assert used == norm.he_coefficients(8, 768)
         return y
 
     cy, sy = await _run_he8k(body)
