@@ -8,7 +8,14 @@ from secmoe.crypto.he_params import HE_8K
 from secmoe.model.config import PRESETS
 from secmoe.model.fixed import run_fixed
 from secmoe.model.secure import RunOptions
-from secmoe.model.session import client_session, flood_demand, serve_session
+from secmoe.model.session import (
+    ServerLimits,
+    SessionRefused,
+    check_request,
+    client_session,
+    flood_demand,
+    serve_session,
+)
 from secmoe.model.weights import init_random
 from secmoe.net import memory_pair, run_pair
 from tests.test_budgets import _session_budgets
@@ -60,3 +67,10 @@ async def test_the_flooding_demand_covers_the_he_norms():
 def test_unknown_norm_products_are_refused_by_name():
     with pytest.raises(ValueError, match="unknown norm products 'fast'"):
         RunOptions("all", norm_products="fast")
+    req = {"strategy": "all", "shape": [1, 12]}
+    assert check_request(req, CFG, ServerLimits()).options.norm_products == "ot"  # the default
+    he = check_request({**req, "norm_products": "he"}, CFG, ServerLimits())
+    assert he.options.he_norms and he.demand == flood_demand(CFG, (1, 12), he.options)
+    for bad, why in ((5, "malformed norm products 5"), ("fast", "unknown norm products 'fast'")):
+        with pytest.raises(SessionRefused, match=why):
+            check_request({**req, "norm_products": bad}, CFG, ServerLimits())
