@@ -24,7 +24,11 @@ packing of results from Chen–Dai–Kim–Song's PackLWEs, eprint 2020/015):
    constants with λ levels of X ↦ X^(N/2^j+1) automorphisms (Galois keys sent in setup); the
    2^λ factor of the expansion cancels the pre-scaling (and the wraps of t_c + t_s).
 3. [[W_r]] = Σ_j [[t_j]]·Ŵ_j (plaintext products, per token, per weight block,
-   ŵ = Σ_{j,l} W[j, l]·X^(l·d_b + j)): the selected expert's weights, encrypted.
+   ŵ = Σ_{j,l} W[j, l]·X^(l·d_b + j)): the selected expert's weights, encrypted. Computed in
+   the NTT domain on numpy residues (:class:`~secmoe.crypto.he_mac.RnsMac`, bit for bit
+   SEAL's multiply_plain + add_inplace): each weight block is transformed once per call, all
+   the blocks of one output block multiplied in one pass over the expanded ciphertexts, the
+   products summed lazily; step 4's tensor likewise.
 4. [[x·W_r]] = [[W_r]] ⊗ [[x]]: the tensor product mod q of a BFV and a BGV ciphertext is a BFV
    ciphertext of the product mod 2^ℓ with no rescaling (t = 2^ℓ is beyond SEAL's own BFV
    multiplication); accumulated over blocks, switched down to the plan's evaluation level
@@ -60,10 +64,11 @@ coefficient decryption needs, :func:`~secmoe.crypto.he_params.plan_return_bits`)
 public key, relinearization keys and the Galois keys of X ↦ X^(N/2^j + 1) for
 j < ⌈log2 T·E⌉ (expansion) and j < P (packing; setup sends these for every product anyway,
 :func:`~secmoe.protocols.he_setup.packing_galois_elements`). Server work grows
-linearly with E: T·E·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ plaintext products (the selection), plus T·E − 1
-automorphisms (expansion), 2·T·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ products (the tensor), T·Σ⌈h_m/h_b⌉
-relinearizations and about as many automorphisms (packing). :func:`plan_select` picks d_b, h_b
-and P for the fewest bytes, a key switch counting as :data:`KEY_SWITCH_BYTES`.
+linearly with E: T·E·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ plaintext products and E·⌈d/d_b⌉·Σ⌈h_m/h_b⌉
+NTTs of weight blocks (the selection), plus T·E − 1 automorphisms (expansion),
+2·T·⌈d/d_b⌉·Σ⌈h_m/h_b⌉ products (the tensor), T·Σ⌈h_m/h_b⌉ relinearizations and about
+as many automorphisms (packing). :func:`plan_select` picks d_b, h_b and P for the fewest
+bytes, a key switch counting as :data:`KEY_SWITCH_BYTES`.
 
 **Scale-out** (:mod:`secmoe.distributed`): steps 2-4 are :func:`shard_products`, which runs
 on any subset of the experts (a :class:`SelectWeights` shard): the expansion computes only the
@@ -81,7 +86,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Protocol
 
 import numpy as np
@@ -99,6 +104,7 @@ from ..crypto.he import (
     unpack_fresh,
     unpack_returned,
 )
+from ..crypto.he_mac import RnsMac
 from ..crypto.he_params import (
     CBD_ETA,
     FLOOD_UNION_BITS,
@@ -114,7 +120,7 @@ from ..crypto.he_rns import centered_to_rns
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
 from ..net import Channel
-from .he_common import block_candidates, dummy_plain, encoded_size, mul_acc, ret_bytes
+from .he_common import block_candidates, encoded_size, ret_bytes
 from .he_setup import ClientHE, ServerHE, setup_client, setup_server
 
 __all__ = [
@@ -134,6 +140,9 @@ __all__ = [
 ]
 
 U64 = np.uint64
+#: Bytes of transformed weight blocks the server holds at once (one pass over the expanded
+#: one-hot ciphertexts multiplies them all: the fewer passes, the less memory traffic).
+_WEIGHT_BATCH_BYTES = 256 << 20
 #: What one key switch (a relinearization or an automorphism, ~15 ms at N = 16384) weighs
 #: against bytes on the wire when :func:`plan_select` compares packings.
 KEY_SWITCH_BYTES = 1 << 14
@@ -271,9 +280,9 @@ def select_noise_log2(
     key-switching noise, multiplied by the trace's 2^P, and each merge's, multiplied by 2^j at
     depth j (disjoint supports per depth): ≤ 2^(P+1)·B_ks in all. With ``drop`` > 0 bits
     (the products switched from the input level to a level log2 q smaller by ``drop`` before
-    relinearizing): the tensor's part scaled by 2^(−drop), plus the switch's rounding of the two
-    accumulators, |δ| ≤ 1 per coefficient: ≤ 1 + N for A = (a0, a1) and N + N² for s·B
-    (‖s²‖₁ ≤ N²), (N + 1)² in all.
+    relinearizing): the tensor's part scaled by 2^(−drop), plus the switch's rounding of
+    A + B = (a0, a1 + b0, b1), |δ| ≤ 1 per coefficient: ≤ 1 + N + N² (‖s²‖₁ ≤ N²), within
+    the (N + 1)² counted (the bound of switching A and B apart).
     """
     ks = 2.0 ** params.keyswitch_noise_bits()
     bt = 2.0**lam * (CBD_ETA + 2 + ks)
@@ -376,6 +385,17 @@ class SelectWeights:
         mask[list(self.expert_ids)] = True
         return np.tile(mask, self.plan.t)
 
+    @cached_property
+    def zero_blocks(self) -> dict[tuple[int, tuple[int, int, int]], bool]:
+        """(j, (m, c, b)) → whether expert j's block (b, c) of matrix m is all zero."""
+        return {
+            (j, (m, c, b)): not self.polys[i][m][b, c].any()
+            for j, i in self.local.items()
+            for m, row in enumerate(self.polys[i])
+            for b in range(row.shape[0])
+            for c in range(row.shape[1])
+        }
+
     @property
     def nbytes(self) -> int:
         """Memory of the encoded weights (bytes)."""
@@ -431,6 +451,9 @@ def encode_select_weights(
                 raise ValueError(f"weights exceed the public bound 2^{plan.w_bits - 1}")
             row.append(_layout_w(w, plan, m))
         polys.append(row)
+    primes = params_for(plan.params).primes
+    for level in {plan.level, plan.eval_level}:  # the kernels' tables, now (setup)
+        _rns_mac(tuple(primes[:level])).prepare(plan.n)
     return SelectWeights(plan, polys, skip_zero_blocks, None if experts is None else ids)
 
 
@@ -494,18 +517,19 @@ def _needed(owned: np.ndarray, depth: int, i: int) -> bool:
 
 def _children(ctx: HEContext, galois, c, j: int, mono_pt, odd: bool, last: bool) -> tuple:
     """One expansion step on c (coefficient form; consumed): (c + σ(c), (c − σ(c))·X^(−2^j)
-    or None), in NTT form at the last level."""
+    or None), in NTT form at the last level. X^(−2^j) = −X^(N − 2^j): (σ(c) − c) times the
+    monomial ``mono_pt`` = X^(N − 2^j), a negacyclic shift in coefficient form (SEAL's
+    monomial path: no transform)."""
     ev = ctx.evaluator
     sig = sealapi.Ciphertext(ctx.seal)
     ev.apply_galois(c, ctx.n // (1 << j) + 1, galois, sig)
     o = None
     if odd:
         o = sealapi.Ciphertext(ctx.seal)
-        ev.sub(c, sig, o)
-        ev.transform_to_ntt_inplace(o)
+        ev.sub(sig, c, o)
         ev.multiply_plain_inplace(o, mono_pt)
-        if not last:
-            ev.transform_from_ntt_inplace(o)
+        if last:
+            ev.transform_to_ntt_inplace(o)
     ev.add_inplace(c, sig)
     if last:
         ev.transform_to_ntt_inplace(c)
@@ -513,13 +537,8 @@ def _children(ctx: HEContext, galois, c, j: int, mono_pt, odd: bool, last: bool)
 
 
 def _monomials(ctx: HEContext, plan: SelectPlan) -> list[sealapi.Plaintext]:
-    """X^(−2^j) = −X^(N−2^j) as NTT plaintexts, j < λ."""
-    n, out = ctx.n, []
-    for j in range(plan.lam):
-        mono = np.zeros(n, dtype=np.int64)
-        mono[n - (1 << j)] = -1
-        out.append(ctx.plain_small(mono, plan.level))
-    return out
+    """X^(N − 2^j) as coefficient-form plaintexts, j < λ."""
+    return [ctx.plain_monomial(ctx.n - (1 << j)) for j in range(plan.lam)]
 
 
 def _expand(ctx: HEContext, galois, ct, plan: SelectPlan, owned: np.ndarray) -> list:
@@ -564,99 +583,138 @@ def _expand_depth_first(ctx: HEContext, galois, ct, plan: SelectPlan, owned: np.
             stack.append((even, j + 1, i))
 
 
-def _select(ctx, weights: SelectWeights, leaves, blocks, tmp, keep: bool) -> tuple[dict, dict]:
-    """Step 3 over ``leaves`` ((i = k·E + j, [[t_kj]]) in any order, j held by ``weights``)
-    for ``blocks`` ((m, c, b)): ({(k, m, c, b): [[Σ_j t_kj·Ŵ_j,m[b, c]]]}, {k: a leaf of
-    token k}). Each plaintext is converted once while consecutive leaves share it (all of them
-    kept if ``keep``); zero blocks are multiplied (by the constant 1) and discarded unless
-    ``skip_zero_blocks``."""
-    lv, e, local = weights.plan.level, weights.plan.e, weights.local
-    dummy, discarded = dummy_plain(ctx, lv), None
-    wsel: dict = {}
-    first: dict = {}
-    pts: dict = {}
-    for i, tct in leaves:
-        k, j = divmod(i, e)
-        first.setdefault(k, tct)
-        for m, c, b in blocks:
-            poly = weights.polys[local[j]][m][b, c]
-            zero = not poly.any()
-            if zero and weights.skip_zero_blocks:
-                continue
-            pt = pts.get((j, m, c, b))
-            if pt is None:
-                if not keep:
-                    pts.clear()
-                pt = pts[(j, m, c, b)] = ctx.plain_small(poly, lv)  # even if zero (same time)
-            if zero:
-                discarded = mul_acc(ctx, tct, dummy, discarded, tmp)
-            else:
-                wsel[(k, m, c, b)] = mul_acc(ctx, tct, pt, wsel.get((k, m, c, b)), tmp)
-    return wsel, first
+@cache
+def _rns_mac(primes: tuple[int, ...]) -> RnsMac:
+    """The NTT-domain kernels at one level (their NTT tables built once per process)."""
+    return RnsMac(primes)
+
+
+def _weight_ntt(
+    mac: RnsMac, weights: SelectWeights, items: Sequence[tuple[int, tuple]], buf: np.ndarray
+) -> np.ndarray:
+    """NTT-form residues (len(items), L, N) of Ŵ_j,m[b, c] for each (j, (m, c, b)) of
+    ``items`` (j held here), SEAL's transform bit for bit, in the first rows of ``buf``."""
+    polys = [weights.polys[weights.local[j]][m][b, c] for j, (m, c, b) in items]
+    return mac.ntt(mac.small_to_rns(np.stack(polys), buf[: len(items)]))
+
+
+def _leaves_fused(
+    ctx: HEContext,
+    mac: RnsMac,
+    galois,
+    ct_t,
+    weights: SelectWeights,
+    blocks: list[tuple[int, int, int]],
+    zero: dict,
+) -> np.ndarray:
+    """Step 3 with the depth-first expansion (few blocks): each expanded [[t_kj]] is used at
+    once for every block; returns [[Σ_j t_kj·Ŵ_j,m[b, c]]] (T·len(blocks), 2, L, N), row
+    k·len(blocks) + block. Each expert's blocks are transformed once (on its first leaf)."""
+    plan, nbl = weights.plan, len(blocks)
+    wsel = np.zeros((plan.t * nbl, 2, plan.level, plan.n), dtype=U64)
+    wntt: dict[int, np.ndarray] = {}
+    for i, tct in _expand_depth_first(ctx, galois, ct_t, plan, weights.owned):
+        k, j = divmod(i, plan.e)
+        if j not in wntt:
+            buf = np.empty((nbl, plan.level, plan.n), dtype=U64)
+            wntt[j] = _weight_ntt(mac, weights, [(j, blk) for blk in blocks], buf)
+        pairs = [
+            (k * nbl + x, 0, x)
+            for x in range(nbl)
+            if not (weights.skip_zero_blocks and zero[j, blocks[x]])
+        ]
+        mac.mac(wsel, ctx.export_ct(tct)[None], wntt[j], pairs)
+    return wsel
 
 
 def shard_products(
     ctx: HEContext,
     galois: sealapi.GaloisKeys,
     ct_t: sealapi.Ciphertext,
-    x0: Sequence[sealapi.Plaintext],
-    x1: Sequence[sealapi.Plaintext],
+    x0: np.ndarray,
+    x1: np.ndarray,
     weights: SelectWeights,
     times: dict[str, float],
-) -> Iterator[tuple[list, list]]:
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Steps 2-4 for the experts ``weights`` holds (all of them, or a worker's shard): per
-    output block (m, c) in plan order, the accumulators (A_k, B_k) of each token k,
-    Σ_b (Σ_j [[t_kj]]·Ŵ_j,m[b, c]) ⊗ (x0, x1)[k·nb + b] (NTT form at the input level; None
-    where every held expert's block is zero and ``skip_zero_blocks``, or zero in every held
-    expert). The tensor product is bilinear, so the shards' accumulators add up to the whole.
+    output block (m, c) in plan order, ``(present (T,) bool, acc (2, T, 2, L, N))``: the
+    accumulators A_k = acc[0, k], B_k = acc[1, k] of each token k,
+    Σ_b (Σ_j [[t_kj]]·Ŵ_j,m[b, c]) ⊗ (x0, x1)[k·nb + b], NTT form at the input level (not
+    present, and zero, where every held expert's blocks (m, c) are zero). The tensor product
+    is bilinear, so the shards' accumulators add up to the whole.
 
-    ``ct_t`` is [[t]] (coefficient form; consumed), ``x0``/``x1`` the input ciphertexts' c0
-    and c1 as NTT plaintexts. When the experts have fewer weight blocks than the selection has
-    one-hot entries (E·n_blocks + T·n_blocks < T·E, small d), the expansion runs depth first
-    and each expanded constant is used at once, so the T·E ciphertexts never coexist.
+    ``ct_t`` is [[t]] (coefficient form; consumed), ``x0``/``x1`` (n_x, L, N) the input
+    ciphertexts' c0 and c1 in NTT form. The products (selection and tensor) run in the NTT
+    domain on numpy residues (:class:`~secmoe.crypto.he_mac.RnsMac`: the weight blocks
+    transformed once per call, every product summed lazily), bit for bit what SEAL's
+    multiply_plain + add_inplace give. Zero weight blocks cost the same work as any other
+    unless ``skip_zero_blocks``. When the experts have fewer weight blocks than the selection
+    has one-hot entries (E·n_blocks + T·n_blocks < T·E, small d), the expansion runs depth
+    first and each expanded constant is used at once, so the T·E ciphertexts never coexist.
     ``times`` receives expand/select/tensor seconds and this generator's own CPU seconds
     (``expand_cpu``, ``products_cpu``: all of it so far, the expansion included)."""
     plan = weights.plan
-    nb, t, e = plan.nb, plan.t, plan.e
+    nb, t, e, lv, n = plan.nb, plan.t, plan.e, plan.level, plan.n
+    mac = _rns_mac(tuple(ctx.primes[:lv]))
     outs = plan.outputs
+    held = weights.expert_ids
+    zero = weights.zero_blocks
+    xw = np.concatenate([x0, x1])  # the tensor's multipliers: x0 rows, then x1 rows
     fused = (e + t) * nb * len(outs) < t * e
+    blocks = [(m, c, b) for m, c in outs for b in range(nb)]
     t0, c0, cpu = time.perf_counter(), time.thread_time(), 0.0  # cpu: this generator's own
-    tcts = [] if fused else _expand(ctx, galois, ct_t, plan, weights.owned)
-    times.update(expand=time.perf_counter() - t0, expand_cpu=time.thread_time() - c0)
-    tmp = sealapi.Ciphertext(ctx.seal)
-    discarded = None
-    t_sel = t_ten = 0.0
     if fused:  # expansion and selection for every block at once
+        wsel_all = _leaves_fused(ctx, mac, galois, ct_t, weights, blocks, zero)
+        times.update(expand=0.0, expand_cpu=0.0)
+        t_sel = time.perf_counter() - t0
+    else:
+        tcts = _expand(ctx, galois, ct_t, plan, weights.owned)
+        leaves = np.empty((t * len(held), 2, lv, n), dtype=U64)  # row k·J + (j's index)
+        for r, (k, j) in enumerate((k, j) for k in range(t) for j in held):
+            leaves[r], tcts[k * e + j] = ctx.export_ct(tcts[k * e + j]), None
+        times.update(expand=time.perf_counter() - t0, expand_cpu=time.thread_time() - c0)
+        t_sel = 0.0
+    t_ten = 0.0
+    # buffers reused for every output block (fresh ones cost a page fault per 4 KiB)
+    wsel = np.empty((t * nb, 2, lv, n), dtype=U64)  # row k·nb + b: [[Σ_j t_kj·Ŵ_j,m[b, c]]]
+    batch = min(nb * len(held), max(1, _WEIGHT_BATCH_BYTES // (lv * n * 8)))
+    wbuf = np.empty((0 if fused else batch, lv, n), dtype=U64)  # transformed weight blocks
+    for o, (m, c) in enumerate(outs):
         s0 = time.perf_counter()
-        blocks = [(m, c, b) for m, c in outs for b in range(nb)]
-        leaves = _expand_depth_first(ctx, galois, ct_t, plan, weights.owned)
-        wsel_all, first = _select(ctx, weights, leaves, blocks, tmp, keep=True)
-        t_sel += time.perf_counter() - s0
-    for m, c in outs:
-        acc_a: list = [None] * t
-        acc_b: list = [None] * t
-        for b in range(nb):
-            s0 = time.perf_counter()
-            if not fused:
-                leaves = (
-                    (k * e + j, tcts[k * e + j]) for j in weights.expert_ids for k in range(t)
-                )
-                wsel_all, first = _select(ctx, weights, leaves, [(m, c, b)], tmp, keep=False)
-            wsel = [wsel_all.pop((k, m, c, b), None) for k in range(t)]
-            s1 = time.perf_counter()
-            for k in range(t):  # tensor: (W0, W1) ⊗ (x0, x1), accumulated as A and B
-                if wsel[k] is None and weights.skip_zero_blocks:
-                    continue
-                for acc, xp in ((acc_a, x0), (acc_b, x1)):
-                    if wsel[k] is None:  # the block is zero in every expert
-                        discarded = mul_acc(ctx, first[k], xp[k * nb + b], discarded, tmp)
-                    else:
-                        acc[k] = mul_acc(ctx, wsel[k], xp[k * nb + b], acc[k], tmp)
-            t_sel += s1 - s0
-            t_ten += time.perf_counter() - s1
+        # live (b, x): the blocks multiplied (all, unless skip_zero_blocks)
+        live = [
+            (b, x)
+            for b in range(nb)
+            for x, j in enumerate(held)
+            if not (weights.skip_zero_blocks and zero[j, (m, c, b)])
+        ]
+        if fused:
+            wsel.reshape(t, nb, 2, lv, n)[:] = wsel_all.reshape(t, -1, 2, lv, n)[
+                :, o * nb : (o + 1) * nb
+            ]
+        else:  # all nb blocks in one pass over the leaves (each leaf read once per (m, c))
+            wsel.fill(0)
+            for lo in range(0, len(live), batch):
+                part = live[lo : lo + batch]
+                w = _weight_ntt(mac, weights, [(held[x], (m, c, b)) for b, x in part], wbuf)
+                pairs = [
+                    (k * nb + b, k * len(held) + x, y)
+                    for y, (b, x) in enumerate(part)
+                    for k in range(t)
+                ]
+                mac.mac(wsel, leaves, w, pairs)
+        s1 = time.perf_counter()
+        # tensor: (W0, W1) ⊗ (x0, x1), summed over the blocks b as A_k (row k), B_k (T + k)
+        acc = np.zeros((2 * t, 2, lv, n), dtype=U64)
+        rows = sorted({k * nb + b for b, _x in live for k in range(t)})
+        pairs = [(r // nb, r, r) for r in rows] + [(t + r // nb, r, plan.n_x + r) for r in rows]
+        mac.mac(acc, wsel, xw, pairs)
+        t_sel += s1 - s0
+        t_ten += time.perf_counter() - s1
         cpu += time.thread_time() - c0
         times.update(select=t_sel, tensor=t_ten, products_cpu=cpu)
-        yield acc_a, acc_b
+        present = not all(zero[j, (m, c, b)] for j in held for b in range(nb))
+        yield np.full(t, present), acc.reshape(2, t, 2, lv, n)
         c0 = time.thread_time()
 
 
@@ -671,28 +729,7 @@ def shard_products_arrays(
     """:func:`shard_products` on numpy arrays (a worker's side of :class:`ShardedSelect`):
     ``root`` is [[t]] (2, L, N) in coefficient form, ``x0``/``x1`` (n_x, L, N) in NTT form;
     yields per output block ``(present (T,) bool, acc (2, T, 2, L, N) uint64)``."""
-    plan = weights.plan
-    x0p = [ctx.plain_from_ntt(a) for a in x0]
-    x1p = [ctx.plain_from_ntt(a) for a in x1]
-    ct = ctx.import_ct(root, ntt=False)
-    for acc_a, acc_b in shard_products(ctx, galois, ct, x0p, x1p, weights, {}):
-        present = np.array([a is not None for a in acc_a])
-        out = np.zeros((2, plan.t, 2, plan.level, plan.n), dtype=U64)
-        for k in np.flatnonzero(present):
-            out[0, k], out[1, k] = ctx.export_ct(acc_a[k]), ctx.export_ct(acc_b[k])
-        yield present, out
-
-
-def _imported(ctx: HEContext, blocks: Iterator[tuple]) -> Iterator[tuple[list, list]]:
-    """:class:`ShardedSelect`'s summed accumulators as SEAL ciphertexts (None where absent)."""
-    for present, acc in blocks:
-        yield tuple(
-            [
-                ctx.import_ct(acc[s, k], ntt=True) if present[k] else None
-                for k in range(len(present))
-            ]
-            for s in (0, 1)
-        )
+    yield from shard_products(ctx, galois, ctx.import_ct(root, ntt=False), x0, x1, weights, {})
 
 
 class _PackTree:
@@ -756,12 +793,6 @@ class _PackTree:
                 self.stack.append(node)
 
 
-def _inverse_pow2(ctx: HEContext, pack: int, level: int) -> sealapi.Plaintext:
-    """The constant 2^(−P) mod q at ``level`` as an NTT plaintext (the packing's pre-scaling)."""
-    inv = [pow(2, -pack, q) for q in ctx.primes[:level]]
-    return ctx.plain_from_ntt(np.array(inv, dtype=U64)[:, None].repeat(ctx.n, 1))
-
-
 def _scatter(plan: SelectPlan, groups: list, vals: Sequence[np.ndarray]) -> list[np.ndarray]:
     """One T×h_m array per matrix from the values at each returned ciphertext's positions."""
     shares = [np.zeros((plan.t, h), dtype=U64) for h in plan.hs]
@@ -809,12 +840,12 @@ def step_server_eval(
     c0_x = add_rns(c0_x, ctx.ntt(xs), primes)
     a_x = expand_a(bytes(msg["seed_x"]), plan.n_x, primes, n)
     if isinstance(weights, SelectWeights):
-        x0 = [ctx.plain_from_ntt(c0_x[i]) for i in range(plan.n_x)]
-        x1 = [ctx.plain_from_ntt(a) for a in a_x]
-        blocks = shard_products(ctx, he.galois, ct_t, x0, x1, weights, times)
+        blocks = shard_products(ctx, he.galois, ct_t, c0_x, a_x, weights, times)
     else:  # the experts are on workers
-        blocks = _imported(ctx, weights.products(ctx.export_ct(ct_t), c0_x, a_x))
-    scale, low = _inverse_pow2(ctx, plan.pack, plan.eval_level), ctx.pid[plan.eval_level]
+        blocks = weights.products(ctx.export_ct(ct_t), c0_x, a_x)
+    low = ctx.pid[plan.eval_level]
+    lv_eval = _rns_mac(tuple(ctx.primes[: plan.eval_level]))
+    inv = [pow(2, -plan.pack, q) for q in ctx.primes[: plan.eval_level]]  # 2^(−P) mod q
     packer = ReturnPacker(ctx, he.pk, plan.beta)
     tree = _PackTree(he, plan.pack)
     returned: list[tuple] = []
@@ -827,27 +858,21 @@ def step_server_eval(
         returned.append(packer.finish(ct, positions, prg, plan.eval_level))
 
     t_prod, s2, cpu = 0.0, time.perf_counter(), 0.0
-    for acc_a, acc_b in blocks:  # steps 4-5 per output block (m, c), for all tokens at once
+    for present, acc in blocks:  # steps 4-5 per output block (m, c), for all tokens at once
         t_prod += time.perf_counter() - s2
         s2, c2 = time.perf_counter(), time.thread_time()
         for k in range(t):
             ct = None
-            if acc_a[k] is not None:
-                ct, cb = acc_a[k], acc_b[k]
-                if plan.eval_level < lv:  # down to the evaluation level (NTT form again)
-                    for c in (ct, cb):
-                        ev.transform_from_ntt_inplace(c)
-                        ev.mod_switch_to_inplace(c, low)
-                        ev.transform_to_ntt_inplace(c)
-                cb = ctx.export_ct(cb)  # (a0, a1, 0) + (0, b0, b1), in SEAL but for B
-                ct.resize(3)
-                ev.add_inplace(
-                    ct, ctx.import_ct(np.concatenate([np.zeros_like(cb[:1]), cb]), ntt=True)
-                )
-                ev.multiply_plain_inplace(ct, scale)  # × 2^(−P), cancelled by the packing
+            if present[k]:  # A + B = (a0, a1 + b0, b1), NTT form at the input level
+                a, b = acc[0, k], acc[1, k]
+                c3 = np.concatenate([a[:1], add_rns(a[1:], b[:1], primes), b[1:]])
+                ct = ctx.import_ct(c3, ntt=True)
                 ev.transform_from_ntt_inplace(ct)
+                if plan.eval_level < lv:  # down to the evaluation level
+                    ev.mod_switch_to_inplace(ct, low)
+                # × 2^(−P) (cancelled by the packing): a constant, the same in either domain
+                ct = ctx.import_ct(lv_eval.scale(ctx.export_ct(ct), inv), ntt=False)
                 ev.relinearize_inplace(ct, he.relin)
-            acc_a[k] = acc_b[k] = None
             for packed in tree.push(ct):
                 finish(packed)
         t_pack += time.perf_counter() - s2
