@@ -56,6 +56,7 @@ from .he_rns import (
     uint_to_rns,
 )
 from .prg import PRG
+from .seal_raw import ciphertext_from_residues, ciphertext_residues
 
 U64 = np.uint64
 SEED_BYTES = 16
@@ -159,12 +160,18 @@ class HEContext:
     def import_ct(self, data: np.ndarray, ntt: bool) -> sealapi.Ciphertext:
         """A SEAL ciphertext from residues of shape (size, L, N)."""
         level = data.shape[1]
+        ct = ciphertext_from_residues(self.seal, self.pid[level], self.primes[:level], data, ntt)
+        if ct is not None:  # copied in place (:mod:`~secmoe.crypto.seal_raw`)
+            return ct
         body = ser.ciphertext_body(self.pid[level], data, ntt)
         return ser.load_body(sealapi.Ciphertext(self.seal), self.seal, body)
 
     def export_ct(self, ct: sealapi.Ciphertext) -> np.ndarray:
-        """Residues (size, L, N) of a SEAL ciphertext (in whatever form it is)."""
-        _pid, _ntt, data = ser.parse_ciphertext(ser.save_body(ct))
+        """Residues (size, L, N) of a SEAL ciphertext (in whatever form it is): read in place
+        (:mod:`~secmoe.crypto.seal_raw`), else through SEAL's serialization."""
+        data = ciphertext_residues(ct)
+        if data is None:
+            _pid, _ntt, data = ser.parse_ciphertext(ser.save_body(ct))
         return data
 
     def ntt(self, polys: np.ndarray, inverse: bool = False) -> np.ndarray:
