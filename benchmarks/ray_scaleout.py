@@ -129,7 +129,8 @@ def main() -> None:
             r["wall"] = time.perf_counter() - t0
             runs.append(r)
             keep = ("workers", "seconds", "bytes_c2s", "bytes_s2c", "rounds", "messages",
-                    "select_weights_bytes", "select_products_seconds", "select_finish_seconds",
+                    "select_weights_bytes", "linear_weights_bytes",
+                    "select_products_seconds", "select_finish_seconds",
                     "select_server_total_seconds", "server_cpu_seconds", "worker_cpu_seconds",
                     "load_before", "load_after", "wall")  # fmt: skip
             print(json.dumps({k: r.get(k) for k in keep}), flush=True)

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from ..crypto.he_params import HE_16K
 from ..crypto.prg import PRG
 from ..distributed.pool import ExpertPool
 from ..distributed.predict import add_predict_arg
@@ -151,8 +150,8 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
     items = select_chunk(t, args.experts) * args.experts if select else 0
     p = await setup_he(await Party.setup(ch, PRG()), select_items=items)
     pool = getattr(args, "pool", None)
-    if p.role == "server" and select and pool is not None:  # the experts go to the workers
-        p.he.pool = pool.session(p.he.server(HE_16K), p.he)
+    if p.role == "server" and pool is not None:  # the encoded weights go to the workers
+        p.he.pool = pool.session(list(p.he.keys.values()), p.he)
     w = None
     x_plain = None
     if p.role == "server":
@@ -228,7 +227,8 @@ def select_figures(
     cpu = [round(b - a, 3) for a, b in zip(cpu_before, pool.cpu_seconds(), strict=True)]
     return {
         "workers": pool.workers,
-        "select_weights_bytes": pool.encoded_bytes(),
+        "select_weights_bytes": pool.encoded_bytes("select"),
+        "linear_weights_bytes": pool.encoded_bytes("linear"),
         "worker_cpu_seconds": cpu,
         **steps,
     }

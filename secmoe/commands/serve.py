@@ -174,7 +174,7 @@ async def _serve(args: argparse.Namespace) -> None:
     with server_pool(args) as args.pool:  # --workers: Ray actors while the server runs
         if args.pool is not None:
             where = f"the Ray cluster at {args.ray_address}" if args.ray_address else "this host"
-            log(f"{args.workers} worker(s) on {where} hold the experts of select")
+            log(f"{args.workers} worker(s) on {where} hold the encoded weights")
         await _listen(args, weights)
 
 

@@ -1,33 +1,49 @@
-"""Expert-parallel server: W workers hold the experts' selection weights and compute the
-selection's products; the coordinator (the process that talks to the client) sums them.
+"""Server workers: W workers hold the server's encoded weights — the experts' selection
+weights and the plain-weight products' weight blocks — and compute the HE products on them;
+the coordinator (the process that talks to the client) combines their results.
 
-**What runs where.** For each encrypted selection (:mod:`secmoe.protocols.he_select`) the
-coordinator adds its shares to the client's ciphertexts (step 2a/2b), sends every worker the
-one-hot ciphertext [[t]] (coefficient form) and the inputs' c0, c1 (NTT form) as numpy arrays,
-and each worker w returns, per output block (m, c) as it is done, its accumulators
+**Selection** (:mod:`secmoe.protocols.he_select`). The coordinator adds its shares to the
+client's ciphertexts (step 2a/2b), sends every worker the one-hot ciphertext [[t]]
+(coefficient form) and the inputs' c0, c1 (NTT form) as numpy arrays, and each worker w
+returns, per output block (m, c) as it is done, its accumulators
 Σ_b (Σ_{j∈S_w} [[t_kj]]·Ŵ_j,m[b, c]) ⊗ (x0, x1)[k, b]. The tensor product is bilinear, so
 the coordinator's sum over workers is exactly the embedded server's accumulator (bit for bit:
 every step is exact arithmetic mod q); the coordinator then switches, relinearizes, packs,
-re-randomizes and floods as the embedded server does. The bytes and rounds to the client are
-unchanged. Experts are strided, S_w = {j : j ≡ w (mod W)}: the expansion splits on the low bits
-of the leaf index i = k·E + j first, so when W divides E a worker expands only its own subtree
-(T·E/W − 1 automorphisms plus log2 W on the path to it) instead of anyone expanding all T·E
-leaves; for other W the pruning still skips every node with no leaf of the worker's.
+re-randomizes and floods as the embedded server does. Experts are strided,
+S_w = {j : j ≡ w (mod W)}: the expansion splits on the low bits of the leaf index i = k·E + j
+first, so when W divides E a worker expands only its own subtree (T·E/W − 1 automorphisms
+plus log2 W on the path to it) instead of anyone expanding all T·E leaves; for other W the
+pruning still skips every node with no leaf of the worker's.
 
-**State.** Each worker holds its shard of every prepared selection layer (laid out from the
-integer weights it is sent once: the coordinator keeps no encoded expert weights, only the
-recipe — a reference to the float weights the caller holds — to send a shard again to a worker
-that restarted), one SEAL context per parameter set, and the Galois keys of each open session
-(the client's serialized keys, sent once per session). With a budget (``max_bytes``,
-``--max-encoded-gb``) a worker refuses, before laying it out, a shard that would take its
-encoded weights past it (:class:`~secmoe.distributed.worker.OverBudget`, naming the worker and
-the gigabytes; the layer is then not prepared). Pickle only carries numpy arrays, bytes
-and plans between the coordinator and its own workers (Ray's transport), never to the client.
+**Plain-weight products** (:mod:`secmoe.protocols.he_linear`: the dense layers, the router,
+the experts of ``all`` and ``dispatch``). Worker w holds the weight blocks of a contiguous
+range of the product's products, whole subtrees of its packing tree
+(:func:`~secmoe.protocols.he_linear.linear_units`); the coordinator sends every worker the
+client's ciphertexts with its share added (once per call, NTT residues), each worker returns
+its products packed per subtree, and the coordinator joins the subtrees of each returned
+ciphertext, then masks, floods and switches as the embedded server does: the same reply, bit
+for bit. The coordinator's masking and flooding randomness comes from its PRG in the same
+order as without workers.
+
+Ciphertexts cross between the coordinator and its workers as uncompressed residue arrays
+(:meth:`~secmoe.crypto.he.HEContext.export_ct` reads them in place), shared once per call
+(``ray.put``) when every worker needs them. Bytes and rounds to the client are unchanged.
+
+**State.** Each worker holds its shard of every prepared layer (laid out from the integer
+weights it is sent once: the coordinator keeps no encoded weights, only the recipe — a
+reference to the float weights the caller holds — to send a shard again to a worker that
+restarted), one SEAL context per parameter set, and the Galois keys of each open session for
+each parameter set (the client's serialized keys, sent once per session). With a budget
+(``max_bytes``, ``--max-encoded-gb``) a worker refuses, before laying it out, a shard that
+would take its encoded weights past it (:class:`~secmoe.distributed.worker.OverBudget`,
+naming the worker and the gigabytes; the layer is then not prepared). Pickle only carries
+numpy arrays, bytes and plans between the coordinator and its own workers (Ray's transport),
+never to the client.
 
 **Faults.** Every wait on a worker has a deadline (``timeout``); a worker that dies or does not
-answer fails the selection with :class:`WorkerLost` ("server worker lost: …"), which the
-session sends to the client as its error. Ray restarts the actor; the next selection sees its
-new incarnation and sends it the keys and shards again.
+answer fails the call with :class:`WorkerLost` ("server worker lost: …"), which the session
+sends to the client as its error. Ray restarts the actor; the next call sees its new
+incarnation and sends it the keys and shards again.
 
 :class:`LocalPool` runs the same workers in this process, one after the other (tests, the cost
 model); :class:`RayPool` runs one Ray actor per worker, on this host or a cluster.
@@ -43,11 +59,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..crypto.he_params import params_for
+from ..protocols.he_common import MatmulPlan
+from ..protocols.he_linear import ShardedWeights, linear_units
 from ..protocols.he_select import SelectPlan, ShardedSelect
 from ..protocols.he_setup import ServerHE
 from .worker import OverBudget, ShardWorker
@@ -64,8 +83,54 @@ class WorkerLost(ConnectionError):
     """A worker died or did not answer in time; the session that needed it fails."""
 
 
+@dataclass
+class _SelectShard:
+    """Recipe of a selection layer: worker w gets the integer weights of its experts."""
+
+    plan: SelectPlan
+    ints_of: IntsOf
+    skip: bool
+
+    def load_call(self, pool: ExpertPool, w: int, shared: dict) -> tuple[str, tuple] | None:
+        ids = pool.experts(w, self.plan.e)
+        return "load_shard", (self.plan, ids, self.ints_of(ids), self.skip)
+
+
+@dataclass
+class _LinearShard:
+    """Recipe of a plain-weight product: worker w gets the integer matrices and its range of
+    products (none: no call). Range i of :func:`linear_units` goes to worker (first + i) mod W
+    (``first`` turns with each product: a product of fewer units than workers does not always
+    land on the same ones)."""
+
+    plan: MatmulPlan
+    ints: Callable[[], list[np.ndarray]]
+    skip: bool
+    public_zero: list[np.ndarray] | None
+    first: int
+
+    def holders(self, workers: int) -> list[tuple[int, int, int]]:
+        """(worker, lo, hi) of every nonempty range, in the products' order."""
+        _height, ranges = linear_units(self.plan, workers)
+        return [
+            ((self.first + i) % workers, lo, hi) for i, (lo, hi) in enumerate(ranges) if hi > lo
+        ]
+
+    def load_call(self, pool: ExpertPool, w: int, shared: dict) -> tuple[str, tuple] | None:
+        height, _ranges = linear_units(self.plan, pool.workers)
+        mine = [(lo, hi) for v, lo, hi in self.holders(pool.workers) if v == w]
+        if not mine:
+            return None
+        ((lo, hi),) = mine
+        if id(self) not in shared:  # the matrices are put in Ray's object store once
+            shared[id(self)] = pool._share(self.ints())
+        args = (self.plan, height, lo, hi, shared[id(self)], self.skip, self.public_zero)
+        return "load_linear", args
+
+
 class ExpertPool:
-    """W workers, each holding the experts j ≡ w (mod W) of every prepared selection layer.
+    """W workers, each holding the experts j ≡ w (mod W) of every prepared selection layer and
+    its range of products of every prepared plain-weight product.
 
     Subclasses provide the transport: :meth:`_call` (a method call with a deadline),
     :meth:`_stream` (a generator method's items, each with a deadline), and where they can do
@@ -84,10 +149,12 @@ class ExpertPool:
         self.workers, self.timeout = workers, timeout
         #: Each worker's budget of encoded weights in bytes (None: no limit).
         self.max_bytes = max_bytes
-        self._recipes: dict[str, tuple[SelectPlan, IntsOf, bool]] = {}
-        self._sessions: dict[str, tuple[str, bytes]] = {}
+        self._recipes: dict[str, _SelectShard | _LinearShard] = {}
+        #: session → its keys per parameter set: (params, Galois keys' bytes, elements)
+        self._sessions: dict[str, list[tuple[str, bytes, tuple[int, ...]]]] = {}
         self._seen: list[str | None] = [None] * workers
         self._has: list[tuple[set[str], set[str]]] = [(set(), set()) for _ in range(workers)]
+        self._turn = 0  # the worker that holds the first range of the next product
         #: Restarts noticed (a worker's incarnation changed), for logs and tests.
         self.restarts = 0
         self._lock = threading.RLock()  # sessions side by side use the pool from threads
@@ -118,14 +185,16 @@ class ExpertPool:
         """Worker w's experts among E (strided)."""
         return list(range(w, e, self.workers))
 
-    def session(self, he: ServerHE, owner: object) -> PoolSession:
-        """Open a session on the workers with the client's Galois keys (sent now, once); it is
-        closed when ``owner`` (the session's HE state) is freed."""
-        if not he.galois_bytes:
+    def session(self, he: ServerHE | Sequence[ServerHE], owner: object) -> PoolSession:
+        """Open a session on the workers with the client's Galois keys of each parameter set
+        (sent now, once); it is closed when ``owner`` (the session's HE state) is freed."""
+        hes = [he] if isinstance(he, ServerHE) else list(he)
+        keys = [(h.params.name, h.galois_bytes, tuple(h.galois_elements)) for h in hes]
+        if not keys or not all(k[1] for k in keys):
             raise ValueError("the session has no Galois keys for the workers")
         sid = os.urandom(8).hex()  # a name, not a secret
         with self._lock:
-            self._sessions[sid] = (he.params.name, he.galois_bytes)
+            self._sessions[sid] = keys
             self._sync_locked()
         weakref.finalize(owner, self.drop_session, sid)
         return PoolSession(self, sid)
@@ -154,15 +223,15 @@ class ExpertPool:
                 self._seen[w], self._has[w] = inc, (set(), set())
             sessions, shards = self._has[w]
             for sid in self._sessions.keys() - sessions:
-                params, galois = self._sessions[sid]
-                if sid not in shared:
-                    shared[sid] = self._share(galois)
-                calls.append((w, "load_keys", (sid, params, shared[sid])))
+                for params, galois, elements in self._sessions[sid]:
+                    if (sid, params) not in shared:
+                        shared[(sid, params)] = self._share(galois)
+                    calls.append((w, "load_keys", (sid, params, shared[(sid, params)], elements)))
                 done.append((sessions, sid))
             for shard in self._recipes.keys() - shards:
-                plan, ints_of, skip = self._recipes[shard]
-                ids = self.experts(w, plan.e)
-                calls.append((w, "load_shard", (shard, plan, ids, ints_of(ids), skip)))
+                call = self._recipes[shard].load_call(self, w, shared)
+                if call is not None:
+                    calls.append((w, call[0], (shard, *call[1])))
                 done.append((shards, shard))
         self._call_all(calls)  # the workers lay out their shards side by side
         for have, name in done:
@@ -173,10 +242,13 @@ class ExpertPool:
         d×h_m matrices) laid out for ``plan``, unless it has them; returns the shard's id."""
         if plan.e < self.workers:
             raise ValueError(f"{self.workers} workers for {plan.e} experts: use at most E")
-        shard = hashlib.sha256(repr((key, plan.wire(), skip)).encode()).hexdigest()[:24]
+        return self._load(("select", key, plan.wire(), skip), _SelectShard(plan, ints_of, skip))
+
+    def _load(self, name: tuple, recipe: _SelectShard | _LinearShard) -> str:
+        shard = hashlib.sha256(repr(name).encode()).hexdigest()[:24]
         with self._lock:
             if shard not in self._recipes:
-                self._recipes[shard] = (plan, ints_of, skip)
+                self._recipes[shard] = recipe
                 try:
                     self._sync_locked()
                 except BaseException:  # e.g. a worker over its budget: not retried later
@@ -188,7 +260,7 @@ class ExpertPool:
         self, sid: str, shard: str, root: np.ndarray, x0: np.ndarray, x1: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Per output block, the workers' accumulators summed: ``(present (T,), acc)``."""
-        plan = self._recipes[shard][0]
+        plan = self._recipes[shard].plan
         self._sync()
         args = (sid, shard, self._share(root), self._share(x0), self._share(x1))
         streams = [self._stream(w, "products", *args) for w in range(self.workers)]
@@ -206,9 +278,21 @@ class ExpertPool:
             for s in streams:
                 s.close()
 
-    def encoded_bytes(self) -> list[int]:
-        """Memory of the encoded expert weights on each worker."""
-        calls = [(w, "encoded_bytes", ()) for w in range(self.workers)]
+    def linear_parts(self, sid: str, shard: str, inputs: np.ndarray) -> Iterator[np.ndarray | None]:
+        """A plain-weight product's units, in order: each worker's (side by side) for the
+        input ciphertexts ``inputs`` (sent once to all)."""
+        recipe = self._recipes[shard]
+        assert isinstance(recipe, _LinearShard)
+        self._sync()
+        ref = self._share(inputs)
+        calls = [(w, "linear", (sid, shard, ref)) for w, _lo, _hi in recipe.holders(self.workers)]
+        for part in self._call_all(calls):
+            yield from part
+
+    def encoded_bytes(self, kind: str | None = None) -> list[int]:
+        """Memory of the encoded weights on each worker: the selections' experts (``kind``
+        "select"), the plain-weight products' blocks ("linear") or all (None)."""
+        calls = [(w, "encoded_bytes", (kind,)) for w in range(self.workers)]
         return [int(b) for b in self._call_all(calls)]
 
     def cpu_seconds(self) -> list[float]:
@@ -218,7 +302,8 @@ class ExpertPool:
 
 
 class PoolSession:
-    """One session's view of a pool (``HEState.pool``, what ``prepare_select`` calls)."""
+    """One session's view of a pool (``HEState.pool``, what ``prepare_select`` and
+    ``prepare`` call)."""
 
     def __init__(self, pool: ExpertPool, sid: str) -> None:
         self.pool, self.sid = pool, sid
@@ -228,6 +313,25 @@ class PoolSession:
         which the selection computes on them under this session's keys."""
         shard = self.pool.load(key, plan, ints_of, skip)
         return ShardedSelect(plan, functools.partial(self.pool.products, self.sid, shard), skip)
+
+    def prepare_linear(
+        self,
+        key: tuple,
+        plan: MatmulPlan,
+        ints: Callable[[], list[np.ndarray]],
+        skip: bool,
+        public_zero: list[np.ndarray] | None,
+    ) -> ShardedWeights:
+        """Send each worker the integer matrices of a plain-weight product (``ints()``) to
+        encode the weight blocks of its range of products, unless it has them, and return the
+        handle with which the product computes on them under this session's keys."""
+        pool = self.pool
+        with pool._lock:
+            recipe = _LinearShard(plan, ints, skip, public_zero, pool._turn % pool.workers)
+            shard = pool._load(("linear", key, plan.wire(), skip), recipe)
+            pool._turn += pool._recipes[shard] is recipe  # a new product: the next begins after
+        height, _ranges = linear_units(plan, pool.workers)
+        return ShardedWeights(plan, height, functools.partial(pool.linear_parts, self.sid, shard))
 
 
 class LocalPool(ExpertPool):

@@ -16,7 +16,8 @@ for the whole run.
   same count as the finish handles, hence measured in units of it);
 - the coordinator does the finish plus ``coordinator_transfer · finish`` (receiving, summing
   and importing the accumulators) and the rest of the run (everything that is not a
-  selection: unchanged);
+  selection: unchanged — the workers now also compute the plain-weight HE products of the
+  rest, which the model still charges to the coordinator: an upper bound there);
 - the coordinator finishes an output block while the workers compute the next ones (the
   stream), so the selection takes ``expand_W + max(the workers' products and transfer after
   their expansion, the coordinator's finish)``; the rest of the run adds.

@@ -18,9 +18,10 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="server: N Ray worker actors hold the experts of the encrypted selection (the "
-        "select strategy) and compute its products; 0 = this process does (default). Needs "
-        "the ray extra: pip install 'secmoe[ray]'",
+        help="server: N Ray worker actors hold the encoded weights (the experts of the "
+        "select strategy's encrypted selection, the blocks of the plain-weight HE products) "
+        "and compute the products on them; 0 = this process does (default). Needs the ray "
+        "extra: pip install 'secmoe[ray]'",
     )
     p.add_argument(
         "--ray-address",
@@ -32,8 +33,8 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
         "--max-encoded-gb",
         type=float,
         metavar="G",
-        help="server: each worker holds at most G GB (10^9 bytes) of encoded expert weights "
-        "and refuses, by name, a shard that would pass it (default: no limit)",
+        help="server: each worker holds at most G GB (10^9 bytes) of encoded weights and "
+        "refuses, by name, a shard that would pass it (default: no limit)",
     )
 
 

@@ -45,6 +45,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -307,10 +308,11 @@ async def setup_generation(
     union_bits: int = FLOOD_UNION_BITS,
     skip_zero_blocks: bool = False,
     cache_budget: int = DEFAULT_CACHE_BUDGET,
+    pool: Any = None,
 ) -> Party:
     """OT pool and HE keys once for the whole generation (see
     :func:`secmoe.model.session.setup_inference`), the server's weights encoded for every pass
-    shape (:func:`generation_shapes`) in the setup phase."""
+    shape (:func:`generation_shapes`) in the setup phase (with a ``pool``, on its workers)."""
     shapes = generation_shapes(shape, max_new_tokens, use_cache)
     p = await setup_inference(
         ch,
@@ -322,6 +324,7 @@ async def setup_generation(
         union_bits=union_bits,
         skip_zero_blocks=skip_zero_blocks,
         cache_budget=cache_budget,
+        pool=pool,
     )
     if weights is not None:
         for s in shapes[1:]:
@@ -428,6 +431,7 @@ async def serve_generate(ctx: ServeContext, req: dict) -> SessionResult:
                 union_bits=plan.union_bits,
                 skip_zero_blocks=lim.skip_zero_blocks,
                 cache_budget=lim.cache_budget,
+                pool=lim.pool,
             )
         setup_s = time.perf_counter() - ctx.started
         ch.session.set_idle_timeout(None)

@@ -268,14 +268,14 @@ async def setup_inference(
     ``cache_budget`` bytes (beyond, blocks are encoded when used), skipping all-zero weight
     blocks only with ``skip_zero_blocks`` (an operator option that LEAKS the blocks' sparsity
     through the server's timing); with a ``pool`` (:class:`secmoe.distributed.ExpertPool`) the
-    experts of ``select`` go to its workers instead."""
+    experts of ``select`` and the plain-weight products' blocks go to its workers instead."""
     rows = shape[0] * shape[1]
     select = options.strategy == "select" and bool(cfg.moe_layers)
     items = select_chunk(rows, cfg.n_experts) * cfg.n_experts if select else 0
     p = await setup_he(await Party.setup(ch, prg), select_items=items, union_bits=union_bits)
     p.he.skip_zero_blocks, p.he.cache_budget = skip_zero_blocks, cache_budget
-    if pool is not None and select and p.role == "server":  # the experts go to the workers
-        p.he.pool = pool.session(p.he.server(HE_16K), p.he)
+    if pool is not None and p.role == "server":  # the encoded weights go to the workers
+        p.he.pool = pool.session(list(p.he.keys.values()), p.he)
     if weights is not None:
         prepare_weights(p, weights, shape, options)
     return p

@@ -16,9 +16,10 @@
   (:mod:`secmoe.protocols.he_select`); bytes do not grow with E, the server's work does.
 
 The server's weights are encoded once, explicitly, by :func:`prepare` in the ``setup`` phase
-(cached per stored weight and row count). A product whose row count is only known online (the
-INSECURE ``reveal`` MoE strategy, where each expert gets the tokens routed to it) encodes its
-weight when first used, and that time is part of the run.
+(cached per stored weight and row count; with ``HEState.pool``, on the server's workers, which
+then compute the products: :mod:`secmoe.distributed`). A product whose row count is only known
+online (the INSECURE ``reveal`` MoE strategy, where each expert gets the tokens routed to it)
+encodes its weight when first used, and that time is part of the run.
 
 Who learns what: the client decrypts only masked, noise-flooded results; the server sees only
 ciphertexts. Public: the shapes and the weight bound ``W_BITS`` (|encoded W| < 2^(W_BITS−1)).
@@ -27,8 +28,9 @@ ciphertexts. Public: the shapes and the weight bound ``W_BITS`` (|encoded W| < 2
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
@@ -39,6 +41,8 @@ from ..protocols import arith
 from ..protocols.boolean import bits_of_01, cost_mux, mux
 from ..protocols.he_linear import (
     EncodedWeights,
+    LinearWorkers,
+    ShardedWeights,
     encode_weights,
     matmul_client,
     matmul_server,
@@ -75,13 +79,19 @@ DEFAULT_CACHE_BUDGET = 4 << 30
 W_BITS = 24
 
 
+class ServerWorkers(ExpertWorkers, LinearWorkers, Protocol):
+    """The server's workers (a session's view of a :class:`secmoe.distributed.ExpertPool`):
+    they hold the experts of the encrypted selections and the weight blocks of the
+    plain-weight products, and compute on them."""
+
+
 @dataclass
 class HEState:
     """A party's HE state, per parameter set: its keys (client) or the client's public keys
     (server); and the server's cache of encoded weights."""
 
     keys: dict[str, ClientHE | ServerHE]
-    encoded: dict[tuple, EncodedWeights] = field(default_factory=dict)
+    encoded: dict[tuple, EncodedWeights | ShardedWeights] = field(default_factory=dict)
     selects: dict[tuple, SelectWeights | ShardedSelect] = field(default_factory=dict)
     #: Server: bytes of NTT plaintexts the weight cache may hold; past it, weight blocks are
     #: encoded on use (less memory, more online time — counted in the run).
@@ -92,9 +102,10 @@ class HEState:
     #: Server: skip all-zero weight blocks (faster on sparse weights; its timing then LEAKS
     #: which blocks are zero). Off: zero blocks cost the same work as any other.
     skip_zero_blocks: bool = False
-    #: Server: the workers holding the experts of the encrypted selections
-    #: (:mod:`secmoe.distributed`); None: this process holds them.
-    pool: ExpertWorkers | None = None
+    #: Server: the workers holding the experts of the encrypted selections and the weight
+    #: blocks of the plain-weight products, which they compute (:mod:`secmoe.distributed`);
+    #: None: this process holds and computes them.
+    pool: ServerWorkers | None = None
     #: Server: seconds of the encrypted selections' steps, summed over the session's calls
     #: (``products``: expansion, selection and tensor, here or on the workers; ``finish``).
     select_seconds: dict[str, float] = field(default_factory=dict)
@@ -157,35 +168,41 @@ def _key(w: np.ndarray, rows: int) -> tuple[int, tuple[int, ...], tuple[int, ...
     return (w.__array_interface__["data"][0], w.shape, w.strides, rows)
 
 
-def prepare(p: Party, w: np.ndarray | Sequence[np.ndarray], rows: int) -> EncodedWeights:
+def prepare(
+    p: Party, w: np.ndarray | Sequence[np.ndarray], rows: int
+) -> EncodedWeights | ShardedWeights:
     """Server: encode the weight ``w`` (float, d×h), or several weights with the same d
     multiplied by the same X in one product (:func:`linear_fused`), for products with
-    ``rows`` rows (setup)."""
+    ``rows`` rows (setup); with ``HEState.pool``, each worker its share of the blocks."""
     st = _state(p)
     ws = [w] if isinstance(w, np.ndarray) else list(w)
     key = _fused_key(ws, rows)
     if key in st.encoded:
         return st.encoded[key]
-    encs = [p.ring.to_signed(p.ring.encode(m)) for m in ws]
-    if any(e.size and np.abs(e).max() >= 1 << (W_BITS - 1) for e in encs):
-        raise ValueError(
-            f"a weight exceeds the public bound |W| < 2^{W_BITS - 1 - p.ring.frac_bits}"
-        )
     hs = [m.shape[1] for m in ws]
     plan = plan_matmul(rows, ws[0].shape[0], hs, HE_8K, w_bits=W_BITS, union_bits=st.union_bits)
-    return _encode(st, key, encs, plan)
+    return _encode(st, key, lambda: [_int_weights(p, m) for m in ws], plan)
 
 
 def _encode(
-    st: HEState, key: tuple, encs: list[np.ndarray], plan, public_zero: list | None = None
-) -> EncodedWeights:
-    """Encode for ``plan`` into the cache under ``key``: NTT plaintexts while the budget lasts."""
+    st: HEState,
+    key: tuple,
+    ints: Callable[[], list[np.ndarray]],
+    plan,
+    public_zero: list | None = None,
+) -> EncodedWeights | ShardedWeights:
+    """Encode the integer weights ``ints()`` for ``plan`` into the cache under ``key``: NTT
+    plaintexts while the budget lasts; with a pool, on its workers (``ints`` is kept, not
+    its result, to send a restarted worker its share again)."""
+    if st.pool is not None:
+        st.encoded[key] = st.pool.prepare_linear(key, plan, ints, st.skip_zero_blocks, public_zero)
+        return st.encoded[key]
     cache = "ntt" if plan.cache_bytes() <= st.cache_budget else "blocks"
     if cache == "ntt":
         st.cache_budget -= plan.cache_bytes()
     st.encoded[key] = encode_weights(
         st.server(HE_8K).ctx,
-        encs,
+        ints(),
         plan,
         cache=cache,
         skip_zero_blocks=st.skip_zero_blocks,
@@ -271,7 +288,7 @@ def _plan_diagonal(st: HEState, m: int, t: int, d: int, h: int):
     return plan_matmul(t, m * d, [m * h], HE_8K, w_bits=W_BITS, union_bits=st.union_bits)
 
 
-def prepare_diagonal(p: Party, ws: np.ndarray, rows: int) -> EncodedWeights:
+def prepare_diagonal(p: Party, ws: np.ndarray, rows: int) -> EncodedWeights | ShardedWeights:
     """Server: encode diag(W_1, …, W_m) of the stacked weights ws (m, d, h) for
     :func:`linear_diagonal` with ``rows`` rows (setup). The blocks outside the diagonal, zero
     by this public structure, are neither encoded nor multiplied."""
@@ -281,11 +298,15 @@ def prepare_diagonal(p: Party, ws: np.ndarray, rows: int) -> EncodedWeights:
         return st.encoded[key]
     m, d, h = ws.shape
     plan = _plan_diagonal(st, m, rows, d, h)
-    encs = _int_weights(p, ws)
-    diag = np.zeros((m * d, m * h), dtype=encs.dtype)
-    for i in range(m):
-        diag[i * d : (i + 1) * d, i * h : (i + 1) * h] = encs[i]
-    return _encode(st, key, [diag], plan, public_zero=[block_diagonal_zero(plan, m)])
+
+    def ints() -> list[np.ndarray]:
+        encs = _int_weights(p, ws)
+        diag = np.zeros((m * d, m * h), dtype=encs.dtype)
+        for i in range(m):
+            diag[i * d : (i + 1) * d, i * h : (i + 1) * h] = encs[i]
+        return [diag]
+
+    return _encode(st, key, ints, plan, public_zero=[block_diagonal_zero(plan, m)])
 
 
 async def linear_diagonal(p: Party, xs: np.ndarray, ws: np.ndarray | None, h: int) -> np.ndarray:

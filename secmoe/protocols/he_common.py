@@ -567,6 +567,19 @@ def step_server_import(
     x_s: Sequence[np.ndarray | None],
 ) -> list[list[sealapi.Ciphertext]]:
     """The client's ciphertexts for each X_k, with the server's share X_s,k added if given."""
+    res = server_inputs(he, plan, seed, c0b, x_s)
+    cts = [he.ctx.import_ct(r, ntt=True) for r in res]
+    return [cts[i * plan.n_in : (i + 1) * plan.n_in] for i in range(len(x_s))]
+
+
+def server_inputs(
+    he: ServerHE,
+    plan: MatmulPlan,
+    seed: bytes,
+    c0b: np.ndarray,
+    x_s: Sequence[np.ndarray | None],
+) -> np.ndarray:
+    """:func:`step_server_import`'s ciphertexts as residues (k·n_in, 2, L, N), NTT form."""
     ctx = he.ctx
     level = plan.level
     primes = ctx.primes[:level]
@@ -580,32 +593,42 @@ def step_server_import(
         for j, i in enumerate(mine):
             sl = slice(i * plan.n_in, (i + 1) * plan.n_in)
             c0[sl] = add_rns(c0[sl], add[j * plan.n_in : (j + 1) * plan.n_in], primes)
-    cts = [ctx.import_ct(np.stack([c0[i], a[i]]), ntt=True) for i in range(k * plan.n_in)]
-    return [cts[i * plan.n_in : (i + 1) * plan.n_in] for i in range(k)]
+    return np.stack([c0, a], axis=1)
 
 
 def _products(
-    he: ServerHE, enc: EncodedWeights, cts: Sequence[sealapi.Ciphertext]
+    he: ServerHE,
+    enc: EncodedWeights,
+    cts: Sequence[sealapi.Ciphertext],
+    lo: int = 0,
+    hi: int | None = None,
 ) -> Iterator[sealapi.Ciphertext | None]:
-    """Σ_b ct_{r,b}·ŵ_{b,c} (NTT form; None: no terms) for every product, in wire order."""
+    """Σ_b ct_{r,b}·ŵ_{b,c} (NTT form; None: no terms) for products lo … hi − 1 (default:
+    every product), in wire order."""
     ctx, plan = he.ctx, enc.plan
+    hi = plan.n_leaves if hi is None else hi
     tmp = sealapi.Ciphertext(ctx.seal)
     dummy, discarded = dummy_plain(ctx, plan.level), None
+    first = 0  # the wire index of the column's product r = 0
     for m in range(len(plan.hs)):
         for c in range(plan.nc(m)):
+            rows = range(max(lo - first, 0), min(hi - first, plan.nr))
+            first += plan.nr
+            if not rows:
+                continue  # none of this column's products is asked for
             accs: list[sealapi.Ciphertext | None] = [None] * plan.nr
             for b in range(plan.nb):
                 pt = enc.plain(ctx, m, b, c)  # encoded once per call, reused for every r
                 if pt is None:
                     continue  # a zero block the operator chose to skip
                 zero = enc.zero[m][b, c]
-                for r in range(plan.nr):
+                for r in rows:
                     ct_in = cts[r * plan.nb + b]
                     if zero:  # the same work as any block, the result discarded
                         discarded = mul_acc(ctx, ct_in, dummy, discarded, tmp)
                     else:
                         accs[r] = mul_acc(ctx, ct_in, pt, accs[r], tmp)
-            for r in range(plan.nr):
+            for r in rows:
                 yield accs[r]
                 accs[r] = None
 
@@ -649,25 +672,44 @@ class ProductPacker:
         self.scale = ctx.plain_from_ntt(np.array(inv, dtype=U64)[:, None].repeat(ctx.n, 1))
         self.monos = [ctx.plain_monomial(plan.step >> (j + 1)) for j in range(plan.pack)]
 
-    def pack(self, products: Iterable[sealapi.Ciphertext | None]) -> sealapi.Ciphertext | None:
-        """One ciphertext (coefficient form) for up to 2^p products (NTT form, consumed;
-        None: no terms), or None if every one is zero."""
+    def pack(
+        self, products: Iterable[sealapi.Ciphertext | None], height: int | None = None
+    ) -> sealapi.Ciphertext | None:
+        """One ciphertext (coefficient form) for up to 2^height products (NTT form, consumed;
+        None: no terms), or None if every one is zero. By default height = p: a returned
+        ciphertext; a lower subtree (products k·2^height …, a server worker's unit) is
+        completed into it by :meth:`join`."""
         ev = self.he.ctx.evaluator
-        stack: list[tuple[int, object]] = []  # (level, ciphertext | ZERO), levels decreasing
-        for acc in products:
-            if acc is None:
-                x: object = ZERO
-            else:
+
+        def leaves() -> Iterator[tuple[int, object]]:
+            for acc in products:
+                if acc is None:
+                    yield 0, ZERO
+                    continue
                 ev.multiply_plain_inplace(acc, self.scale)
                 ev.transform_from_ntt_inplace(acc)
-                x = acc
-            level = 0
+                yield 0, acc
+
+        return self._tree(leaves(), self.plan.pack if height is None else height)
+
+    def join(
+        self, parts: Iterable[sealapi.Ciphertext | None], height: int
+    ) -> sealapi.Ciphertext | None:
+        """One returned ciphertext from its consecutive subtrees of 2^height products each
+        (:meth:`pack`'s ciphertexts; None: zero): the same merges, so the same ciphertext,
+        as :meth:`pack` of all its products."""
+        return self._tree(((height, ZERO if x is None else x) for x in parts), self.plan.pack)
+
+    def _tree(self, items: Iterable[tuple[int, object]], top: int) -> sealapi.Ciphertext | None:
+        """Merge (level, ciphertext | ZERO) items, neighbours first, into one at level top."""
+        stack: list[tuple[int, object]] = []  # (level, ciphertext | ZERO), levels decreasing
+        for level, x in items:
             while stack and stack[-1][0] == level:
                 x = self._merge(stack.pop()[1], x, level)
                 level += 1
             stack.append((level, x))
         level, x = stack.pop()
-        while level < self.plan.pack:  # the members after x are absent
+        while level < top:  # the members after x are absent
             below = stack.pop()[1] if stack and stack[-1][0] == level else None
             x = self._merge(x, None, level) if below is None else self._merge(below, x, level)
             level += 1
@@ -712,17 +754,45 @@ def step_server_eval(
 
     Returns the server's shares −R_m, c1 (n_out, 2, N) and c0 at the outputs (2, P).
     """
-    ctx, plan = he.ctx, enc.plan
+    plan = enc.plan
+    groups = pack_products(he, enc, cts, 0, plan.n_leaves, plan.pack)
+    return step_server_finish(he, plan, groups, prg)
+
+
+def pack_products(
+    he: ServerHE,
+    enc: EncodedWeights,
+    cts: Sequence[sealapi.Ciphertext],
+    lo: int,
+    hi: int,
+    height: int,
+) -> Iterator[sealapi.Ciphertext | None]:
+    """Products lo … hi − 1 (wire order, lo a multiple of 2^height ≤ 2^p) packed 2^height
+    at a time (:meth:`ProductPacker.pack`: a returned ciphertext when height = p, else a
+    subtree of one); for unpacked plans (p = 0) the products themselves (NTT form)."""
+    plan = enc.plan
+    products = _products(he, enc, cts, lo, hi)
+    if not plan.pack:
+        yield from products
+        return
+    packer = ProductPacker(he, plan)
+    for start in range(lo, hi, 1 << height):
+        yield packer.pack(itertools.islice(products, min(1 << height, hi - start)), height)
+
+
+def step_server_finish(
+    he: ServerHE, plan: MatmulPlan, groups: Iterable[sealapi.Ciphertext | None], prg: PRG
+) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Mask, flood and switch each returned ciphertext (``groups``: :func:`pack_products`'
+    of every product with height p, in order): the server's shares −R_m, c1 and c0 as
+    :func:`step_server_eval` returns them. The randomness comes from ``prg``, group by group."""
+    ctx = he.ctx
     flood = ReturnPacker(ctx, he.pk, plan.beta, plan.out_bits)
-    packer = ProductPacker(he, plan) if plan.pack else None
     shares = [np.zeros((plan.t, h), dtype=U64) for h in plan.hs]
     c1_out = np.empty((plan.n_out, ctx.out, ctx.n), dtype=U64)
     c0_out = []
     outs, size = list(plan.outputs()), 1 << plan.pack
-    products = _products(he, enc, cts)
-    for g, pos in enumerate(plan.returned_positions()):
-        group = itertools.islice(products, size)
-        ct = packer.pack(group) if packer is not None else next(group)
+    for g, (pos, ct) in enumerate(zip(plan.returned_positions(), groups, strict=True)):
         rmask, c1, c0p = flood.finish(ct, pos, prg, plan.level)
         c1_out[g] = c1
         c0_out.append(c0p)

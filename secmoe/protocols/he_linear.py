@@ -50,16 +50,30 @@ decryption needs (:func:`~secmoe.crypto.he_params.plan_return_bits`: about 75 an
 round trip). Server work: n_in·Σ⌈h_m/h_b⌉ plaintext products in the NTT domain and
 ⌈T/T_b⌉·Σ_m⌈h_m/h_b⌉ − n_out key switches. Setup: the Galois keys of
 :func:`~secmoe.protocols.he_setup.packing_galois_elements` (10 at ``HE_8K``, 1.06 MB each).
+
+**Scale-out** (:mod:`secmoe.distributed`). The products of a plan and their packing tree split
+into subtrees of 2^k products (units, :func:`linear_units`): a worker holding the weight
+blocks of its units' columns (:func:`encode_shard`) computes their products and packs each
+unit (:func:`~secmoe.protocols.he_common.pack_products`); the server (the coordinator) sends
+every worker the client's ciphertexts with its share added, once, joins each returned group's
+units (the upper 2^(p−k) levels of the same tree, :meth:`ProductPacker.join`) and masks,
+floods and switches as above. Every step is exact arithmetic mod q and the tree is the same
+wherever its nodes are computed, so the reply is the same bit for bit, and the server's
+randomness comes from its PRG in the same order: the wire does not change with the workers.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+import tenseal.sealapi as sealapi
 
-from ..crypto.he import HEError
+from ..crypto.he import HEContext, HEError
 from ..crypto.he_params import params_for
 from ..crypto.prg import PRG
 from ..crypto.ring import DEFAULT_RING, Ring
@@ -67,24 +81,30 @@ from ..net import Channel
 from .he_common import (
     EncodedWeights,
     MatmulPlan,
+    ProductPacker,
     check_context,
     encode_weights,
     encoded_size,
     pack_results,
     plan_matmul,
     returned_shapes,
+    server_inputs,
     step_client_decrypt,
     step_client_encrypt,
     step_server_eval,
-    step_server_import,
+    step_server_finish,
 )
 from .he_setup import ClientHE, ServerHE
 
 __all__ = [
     "EncodedWeights",
+    "LinearWorkers",
     "MatmulPlan",
+    "ShardedWeights",
+    "encode_shard",
     "encode_weights",
     "ideal_matmul",
+    "linear_units",
     "matmul_client",
     "matmul_cost",
     "matmul_server",
@@ -127,12 +147,14 @@ async def matmul_server(
     ch: Channel,
     he: ServerHE,
     x_s: np.ndarray,
-    weights: EncodedWeights,
+    weights: EncodedWeights | ShardedWeights,
     prg: PRG,
     *,
     ring: Ring = DEFAULT_RING,
 ) -> list[np.ndarray]:
-    """Server side of ``<Y_m> = <X>·W_m``: returns its shares −R_m."""
+    """Server side of ``<Y_m> = <X>·W_m``: returns its shares −R_m. With
+    :class:`ShardedWeights` the products and most of the packing run on the workers holding
+    the weights (the same reply, see the module's docstring)."""
     plan = weights.plan
     check_context(he.ctx, plan)
     x_s = ring.reduce(np.asarray(x_s, dtype=U64))
@@ -142,13 +164,121 @@ async def matmul_server(
     _check_plan(msg["plan"], plan)
 
     def work():
-        (cts,) = step_server_import(he, plan, bytes(msg["seed"]), np.asarray(msg["c0"]), [x_s])
-        shares, c1, c0 = step_server_eval(he, weights, cts, prg)
+        inputs = server_inputs(he, plan, bytes(msg["seed"]), np.asarray(msg["c0"]), [x_s])
+        if isinstance(weights, ShardedWeights):
+            groups = _joined(he, weights, inputs)
+            shares, c1, c0 = step_server_finish(he, plan, groups, prg)
+        else:
+            cts = [he.ctx.import_ct(r, ntt=True) for r in inputs]
+            shares, c1, c0 = step_server_eval(he, weights, cts, prg)
         return shares, *pack_results(he, plan, c1, c0)
 
     shares, c1b, c0b = await asyncio.to_thread(work)
     await ch.send({"c1": c1b, "c0": c0b}, tag="he/mm/y")
     return [ring.reduce(s) for s in shares]
+
+
+# --- scale-out: the products on workers ------------------------------------------------------
+
+
+def linear_units(plan: MatmulPlan, workers: int) -> tuple[int, list[tuple[int, int]]]:
+    """How ``workers`` workers share the products of ``plan``: units of 2^k consecutive
+    products (wire order; k ≤ ``plan.pack``, so a unit is a subtree of one returned group's
+    packing tree), worker w taking products [lo_w, hi_w) (contiguous whole units, as even as
+    whole units allow; empty for a worker left without one). Returns (k, [(lo_w, hi_w)]).
+
+    k minimizes the busiest worker's products plus the merges left to the coordinator (units
+    − returned ciphertexts; each merge is one automorphism, about a product's work), the
+    larger k on ties (fewer, bigger messages)."""
+    if workers < 1:
+        raise ValueError(f"a product needs at least one worker, got {workers}")
+    n = plan.n_leaves
+
+    def cost(k: int) -> tuple[int, int]:
+        units = -(-n // (1 << k))
+        return min(-(-units // workers) << k, n) + units - plan.n_out, -k
+
+    k = min(range(plan.pack + 1), key=cost)
+    units = -(-n // (1 << k))
+    bounds = [min((w * units // workers) << k, n) for w in range(workers + 1)]
+    return k, list(itertools.pairwise(bounds))
+
+
+def encode_shard(
+    ctx: HEContext,
+    weights: Sequence[np.ndarray],
+    plan: MatmulPlan,
+    lo: int,
+    hi: int,
+    *,
+    skip_zero_blocks: bool = False,
+    public_zero: Sequence[np.ndarray] | None = None,
+) -> EncodedWeights:
+    """A worker's share of :func:`encode_weights`: the NTT plaintexts of the weight blocks
+    (every row block b) of the columns (m, c) that products [lo, hi) use; the other blocks
+    are not encoded (None: never used by this worker)."""
+    enc = encode_weights(
+        ctx,
+        weights,
+        plan,
+        cache="blocks",
+        skip_zero_blocks=skip_zero_blocks,
+        public_zero=public_zero,
+    )
+    cols = {(m, c) for m, _r, c, _tr, _hc in itertools.islice(plan.outputs(), lo, hi)}
+    enc.plains = [
+        [
+            [enc.plain(ctx, m, b, c) if (m, c) in cols else None for c in range(plan.nc(m))]
+            for b in range(plan.nb)
+        ]
+        for m in range(len(plan.hs))
+    ]
+    return enc
+
+
+@dataclass
+class ShardedWeights:
+    """The server's handle on a product's weights held by workers (:mod:`secmoe.distributed`):
+    no weights, only the plan, the units' height k (:func:`linear_units`) and ``parts``, which
+    given the client's ciphertexts with the server's share added (residues (n_in, 2, L, N),
+    NTT form) yields every unit's packed ciphertext in order (residues (2, L, N); coefficient
+    form, or NTT form for unpacked plans (pack = 0): the product itself; None: zero)."""
+
+    plan: MatmulPlan
+    height: int
+    parts: Callable[[np.ndarray], Iterator[np.ndarray | None]]
+
+
+class LinearWorkers(Protocol):
+    """Where the server's weights live when it scales out (a session's view of a
+    :class:`secmoe.distributed.ExpertPool`): ``prepare_linear`` gives each worker its units'
+    weight blocks (``weights()``: the signed integer matrices, as :func:`encode_weights`
+    takes them) and returns the handle."""
+
+    def prepare_linear(
+        self,
+        key: tuple,
+        plan: MatmulPlan,
+        weights: Callable[[], list[np.ndarray]],
+        skip: bool,
+        public_zero: list[np.ndarray] | None,
+    ) -> ShardedWeights: ...
+
+
+def _joined(
+    he: ServerHE, weights: ShardedWeights, inputs: np.ndarray
+) -> Iterator[sealapi.Ciphertext | None]:
+    """Each returned group's ciphertext from the workers' units (:meth:`ProductPacker.join`)."""
+    plan, ctx = weights.plan, he.ctx
+    units = weights.parts(inputs)
+    packer = ProductPacker(he, plan) if plan.pack else None
+    per_group = 1 << (plan.pack - weights.height)
+    for _ in range(plan.n_out):
+        cts = [
+            None if a is None else ctx.import_ct(a, ntt=packer is None)
+            for a in itertools.islice(units, per_group)
+        ]
+        yield cts[0] if packer is None else packer.join(cts, weights.height)
 
 
 def ideal_matmul(
