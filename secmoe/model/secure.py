@@ -428,10 +428,10 @@ async def forward_pass(
     if cfg.position == "learned":
         h = add_server_const(p, h, w and w.pos_embed[offset : offset + t])
     rows = _rows(cfg, w, t, cache)
+    he = options.he_norms  # public: the norms' row products by HE where fewer bytes
     for i in range(cfg.n_layers):
         layer = w.layers[i] if w is not None else None
         f = p.fork(f"layer{i}")
-        he = options.he_norms
         a = await _norm(f.fork("attn_norm"), h, layer and layer.attn_norm, cfg, "attn", he)
         att = await _attention(f.fork("attn"), a, layer and layer.attn, cfg, rows, cache, i)
         h = p.ring.reduce(h + att)
@@ -455,7 +455,7 @@ async def forward_pass(
         cache.advance(t)
     if last_only:
         h, t = h[:, -1:], 1
-    h = await _norm(p.fork("final_norm"), h, w and w.final_norm, cfg, "final", options.he_norms)
+    h = await _norm(p.fork("final_norm"), h, w and w.final_norm, cfg, "final", he)
     if cfg.head == "classifier":
         pooled = await arith.div_public(p.fork("mean"), p.ring.reduce(h.sum(axis=1)), t)
         h = await linear(p.fork("head"), pooled, w and w.head, cfg.out_dim)
