@@ -120,6 +120,27 @@ async def test_correlation_on_every_output_over_many_iterations(sender_role):
     assert fs.position == fr.position == sum(SIZES)
 
 
+async def test_pieces_are_views_that_later_batches_leave_alone():
+    """``pieces`` hands out views of the batches' rows (no copy): held until many iterations
+    later, every one still holds its COTs."""
+    fs, fr, delta = dealer_pair(seed="pieces")
+    n = 4 * TOY.main.usable + 7
+
+    async def sender(ch):
+        return [q async for q in fs.pieces(ch, n)]
+
+    async def receiver(ch):
+        return [t async for t in fr.pieces(ch, n)]
+
+    qs, ts, _ = await _run("client", sender, receiver)
+    assert [q.shape for q in qs] == [t.shape for t in ts] and len(qs) >= 4
+    assert all(q.base is not None for q in qs)  # views, not copies
+    q, t = np.concatenate(qs), np.concatenate(ts)
+    _check_cot(delta, q, (t[:, 0] & _ONE).astype(bool), t)
+    assert len(np.unique(q, axis=0)) == n
+    assert fs.position == fr.position == n and fs.iterations >= 4
+
+
 @pytest.mark.parametrize("sender_role", ROLES)
 async def test_chosen_choices_and_alignment(sender_role):
     fs, fr, delta = dealer_pair(seed="chosen" + sender_role)

@@ -336,6 +336,21 @@ async def test_taking_rows_twice_raises():
     assert (await _run(client, server, seed="twice"))[1]
 
 
+async def test_a_d_of_the_wrong_length_raises():
+    """A receiver's d (r ⊕ c) of the wrong length fails the sender's draw, naming it."""
+
+    async def client(pool: OTPool):  # the COT sender, chosen choices
+        await pool.fork("x").cot_send(100)
+
+    async def server(pool: OTPool):  # a hostile receiver: 1 byte of d for 100 OTs
+        f = pool.fork("x")
+        await f.receiver._announced(f.ch, 100)
+        await f.ch.send(b"\0", tag=ferret.TAG_D)
+
+    with pytest.raises(PartyError, match=r"silent OT d: expected 13 bytes for 100 OTs"):
+        await _run(client, server, seed="bad-d")
+
+
 def test_views_are_fork_specific():
     with pytest.raises(ValueError):
         SilentSender(Stream(_dealer_instances("v")["client"][1], None))

@@ -198,6 +198,18 @@ async def derandomize(
         yield index0, t
 
 
+def apply_d(q: np.ndarray, d: Any, delta: np.ndarray, what: str) -> None:
+    """The sender's side of :func:`derandomize`, in place: q ⊕= d·Δ for one chunk's packed
+    d = r ⊕ c (``what`` names the source in the error raised for a d of the wrong length)."""
+    c = q.shape[0]
+    if not isinstance(d, bytes) or len(d) != -(-c // 8):
+        raise ProtocolError(f"{what} d: expected {-(-c // 8)} bytes for {c} OTs")
+    mask = np.unpackbits(np.frombuffer(d, np.uint8), count=c, bitorder="little").astype(np.uint64)
+    np.negative(mask, out=mask)  # all ones where d = 1
+    q[:, 0] ^= mask & delta[0]  # column by column: 5x faster than a broadcast (c, 2) product
+    q[:, 1] ^= mask & delta[1]
+
+
 class FerretCOT:
     """One party's end of a Ferret instance (the shared machinery of both sides).
 
@@ -287,6 +299,7 @@ class FerretCOT:
         q = res[:th].reshape(lp.h, lp.t, 2)[:, i0:i1]
         tw = ggm.tweaks(self._index0, lp.t, lp.h, i0, i1)
         y = await self._leaves(ch, lp, i0, i1, q, tw)
+        self._sc(lp).detach()  # y is handed out as views: the next batch writes elsewhere
         # Step 2: y ⊕= A·u for these rows, u = the last k reserved COTs.
         await asyncio.to_thread(self._code(lp).encode, y, res[th:], row0)
         # Step 3: rows below M refill the reserve; the rest are ready.
@@ -325,7 +338,15 @@ class FerretCOT:
             self._start(self.params.main, res)
 
     async def _take(self, ch: Channel, c: int) -> np.ndarray:
-        """The next c ready COT blocks (a copy), producing batches as needed."""
+        """The next c ready COT blocks, producing batches as needed: a view of the batch's
+        rows when they lie in one batch (each row is handed out once, so the caller owns
+        it), else a copy."""
+        if self._pos == self._end:
+            await self._advance(ch)
+        if c <= self._end - self._pos:
+            assert self._rows is not None
+            self._pos += c
+            return self._rows[self._pos - c : self._pos]
         out = np.empty((c, 2), np.uint64)
         off = 0
         while off < c:
@@ -338,6 +359,20 @@ class FerretCOT:
             self._pos += m
             off += m
         return out
+
+    async def pieces(self, ch: Channel, n: int) -> AsyncIterator[np.ndarray]:
+        """The next n COT blocks (random choices) in the largest pieces at hand: views of
+        whole batches' rows, as they are made. Same steps and messages as a random-choice
+        :meth:`send_iter` / :meth:`recv_random_iter` of n."""
+        left = n
+        while left:
+            if self._pos == self._end:
+                await self._advance(ch)
+                continue
+            rows = await self._take(ch, min(left, self._end - self._pos))
+            self.position += rows.shape[0]
+            left -= rows.shape[0]
+            yield rows
 
     # -- declared cost ------------------------------------------------------------------------
     def chunks(self, n: int, align: int = 1) -> list[int]:
@@ -456,11 +491,7 @@ class FerretSender(FerretCOT):
         for c in self.chunks(n, align):
             q = await self._take(ch, c)
             if not random_choices:
-                d = await ch.recv(tag=TAG_D)
-                if not isinstance(d, bytes) or len(d) != -(-c // 8):
-                    raise ProtocolError(f"Ferret d: expected {-(-c // 8)} bytes for {c} OTs")
-                bits = np.unpackbits(np.frombuffer(d, np.uint8), count=c, bitorder="little")
-                q ^= bits.astype(np.uint64)[:, None] * self._delta
+                apply_d(q, await ch.recv(tag=TAG_D), self._delta, "Ferret")
             index0, self.position = self.position, self.position + c
             yield index0, q
 

@@ -172,6 +172,11 @@ class Scratch:
         """Where level ℓ lives: the leaves (ℓ = h) in ``leaves``, the others alternate."""
         return leaves if ell == self.h else self._lv[(self.h - ell - 1) % 2]
 
+    def detach(self) -> None:
+        """Leave the current leaves to whoever holds views of them: the next batch gets a
+        fresh buffer (the level buffers, internal, stay)."""
+        self.leaves = np.empty_like(self.leaves)
+
     def fits(self, b: int, h: int) -> bool:
         return h == self.h and b <= self.b
 

@@ -39,7 +39,9 @@ Each party's end keeps the rows made but not yet handed out (:class:`Stream`), s
 smaller than a batch is served from rows already made (it costs the 18-byte announcement
 only), and a fork whose rows were made by another fork's draw finds them there. Rows are
 freed when handed out: a stream holds only rows allocated to draws still in progress (plus
-Ferret's current batch), whatever the session's length. The derived OTs (random,
+Ferret's current batch), whatever the session's length. A chunk whose rows lie in one Ferret
+batch is handed out as a view of that batch (no copy; the batch's memory goes when its last
+view does), one that straddles two batches as a copy. The derived OTs (random,
 chosen-message, additive, 1-out-of-N: :mod:`.iknp`, :mod:`.kkot`) run unchanged on each fork's
 channel; their hash tweaks are the stream positions, unique within the stream's domain.
 
@@ -86,6 +88,7 @@ from secmoe.protocols.ot.ferret import (
     FerretParams,
     FerretReceiver,
     FerretSender,
+    apply_d,
     derandomize,
 )
 from secmoe.protocols.ot.iknp import chunk_sizes
@@ -210,33 +213,38 @@ class Stream:
         return start
 
     async def take(self, via: Channel, start: int, c: int) -> np.ndarray:
-        """Step 2: rows [start, start + c) as a ``(c, 2)`` uint64 array (this caller's)."""
+        """Step 2: rows [start, start + c) as a ``(c, 2)`` uint64 array (this caller's: a
+        view of the rows made when they lie in one piece, else a copy)."""
         if c == 0:
             return np.empty((0, 2), np.uint64)
-        if start + c <= self.made:  # made already (by another draw): no need to wait
-            return self._claim(start, c)
+        await self.make_upto(via, start + c)
+        return self._claim(start, c)
+
+    async def make_upto(self, via: Channel, end: int) -> None:
+        """Make rows up to ``end`` (on behalf of the fork channel ``via``) if not made yet."""
+        if end <= self.made:  # made already (by another draw): no need to wait
+            return
         async with self._lock:
-            if start + c > self.made:
-                await self._make(view(self.ch, via), start + c - self.made)
-            return self._claim(start, c)
+            if end > self.made:
+                await self._make(view(self.ch, via), end - self.made)
 
     async def _make(self, ch: Channel, m: int) -> None:
         pos = self.made
-        if isinstance(self.inst, FerretSender):
-            async for _, q in self.inst.send_iter(ch, m, random_choices=True):
-                self._segments.append(_Segment(pos, q))
-                pos += q.shape[0]
-        else:
-            async for _, _, t in self.inst.recv_random_iter(ch, m):
-                self._segments.append(_Segment(pos, t))
-                pos += t.shape[0]
+        async for rows in self.inst.pieces(ch, m):
+            self._segments.append(_Segment(pos, rows))
+            pos += rows.shape[0]
 
     def _claim(self, start: int, c: int) -> np.ndarray:
         end = start + c
         segs = [s for s in self._segments if s.start < end and s.end > start]
-        if len(segs) == 1 and segs[0].start == start and segs[0].end == end and segs[0].left == c:
-            self._segments.remove(segs[0])  # the common case: a whole fresh segment
-            return segs[0].rows
+        if len(segs) == 1 and segs[0].start <= start and end <= segs[0].end:
+            s, a = segs[0], start - segs[0].start  # the common case: rows of one piece
+            if s.free[a : a + c].all():
+                s.free[a : a + c] = False
+                s.left -= c
+                if not s.left:
+                    self._segments.remove(s)
+                return s.rows[a : a + c]
         out = np.empty((c, 2), np.uint64)
         got = 0
         for s in segs:
@@ -332,19 +340,14 @@ class SilentSender:
         start = st.allocate(n)
         await ch.send(_header(start, n), tag=TAG_ALLOC)
         self.position += n
-        rows = None if random_choices else await st.take(ch, start, n)
+        if not random_choices:  # Step 2 at once: every GGM batch in the first flight
+            await st.make_upto(ch, start + n)
         off = 0
         for c in sizes:
-            if rows is None:
-                q = await st.take(ch, start + off, c)  # Step 2, lazily
-            else:
-                q = rows[off : off + c]
-                d = await ch.recv(tag=TAG_D)
-                if not isinstance(d, bytes) or len(d) != -(-c // 8):
-                    raise ProtocolError(f"silent OT d: expected {-(-c // 8)} bytes for {c} OTs")
+            q = await st.take(ch, start + off, c)  # Step 2 (lazily with random choices)
+            if not random_choices:
                 # Step 3: q ⊕= d·Δ, so that t = q ⊕ c·Δ.
-                bits = np.unpackbits(np.frombuffer(d, np.uint8), count=c, bitorder="little")
-                q ^= bits.astype(np.uint64)[:, None] * self.delta
+                apply_d(q, await ch.recv(tag=TAG_D), self.delta, "silent OT")
             yield start + off, q
             off += c
 
