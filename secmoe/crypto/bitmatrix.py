@@ -125,6 +125,19 @@ def unpack_bits(buf: np.ndarray, count: int, bits: int) -> np.ndarray:
     return np.packbits(full, axis=1, bitorder="little").view("<u8").reshape(count)
 
 
+def pick_bits(buf: np.ndarray, count: int, bits: int, at: np.ndarray) -> np.ndarray:
+    """Values ``at`` (indices < count) of a :func:`pack_bits` array, as ``uint64``: only the
+    bytes that hold them are read (for bits 1, 2, 4, 8 a value never straddles two bytes)."""
+    if bits not in (1, 2, 4, 8):
+        return unpack_bits(buf, count, bits)[at]
+    buf = np.asarray(buf, dtype=np.uint8).reshape(-1)
+    if buf.size != packed_size(count, bits):
+        raise ValueError(f"expected {packed_size(count, bits)} bytes, got {buf.size}")
+    pos = np.asarray(at, dtype=np.int64) * bits
+    byte = np.take(buf, pos >> 3)
+    return ((byte >> (pos & 7).astype(np.uint8)) & np.uint8((1 << bits) - 1)).astype(np.uint64)
+
+
 def _field_layout(widths: np.ndarray) -> tuple[np.ndarray, int]:
     """Bit offsets of the fields in a row and the row's bytes, ⌈Σ widths / 8⌉."""
     w = np.asarray(widths, dtype=np.int64).reshape(-1)

@@ -80,11 +80,10 @@ def step_leaf_tables(
 ) -> np.ndarray:
     """The client's OT messages: T[..., v] = (gt_mask ⊕ [d > v]) | (eq_mask ⊕ [d = v]) << 1,
     as ``uint8``, for v < 2^m."""
-    v = np.arange(1 << m, dtype=np.uint16)
-    d = digits[..., None]
-    gt = (d > v) ^ gt_mask[..., None]
-    eq = (d == v) ^ eq_mask[..., None]
-    return gt.view(np.uint8) | (eq.view(np.uint8) << 1)
+    v = np.arange(1 << m)
+    rows = ((v[:, None] > v) | (v[:, None] == v) << 1).astype(np.uint8)  # rows[d, v], unmasked
+    masks = np.asarray(gt_mask, np.uint8) | np.asarray(eq_mask, np.uint8) << 1
+    return rows[digits] ^ masks[..., None]
 
 
 def leaf_groups(bits: int, m: int, want_eq: bool) -> list[tuple[int, int, int, int]]:

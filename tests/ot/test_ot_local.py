@@ -9,6 +9,7 @@ from secmoe.crypto.bitmatrix import (
     bits_to_words,
     pack_bits,
     packed_size,
+    pick_bits,
     transpose,
     transpose_2d,
     transpose_masked,
@@ -136,6 +137,16 @@ def test_pack_unpack_round_trip(bits, count):
     np.testing.assert_array_equal(unpack_bits(packed, count, bits), x)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8, 13])
+def test_pick_bits_reads_the_values_at_the_indices(bits):
+    g = PRG(b"q" * 16)
+    x = g.uint64(1001) & np.uint64((1 << bits) - 1)
+    at = g.below(1001, 300).astype(np.int64)
+    np.testing.assert_array_equal(pick_bits(pack_bits(x, bits), 1001, bits, at), x[at])
+    with pytest.raises(ValueError):
+        pick_bits(np.zeros(3, dtype=np.uint8), 1001, bits, at)
+
+
 def test_pack_layout_is_lsb_first_and_masks_high_bits():
     assert pack_bits(np.array([1, 2, 3, 0xFF], dtype=np.uint64), 2).tolist() == [0b11_11_10_01]
     assert pack_bits(np.array([5], dtype=np.uint64), 3).tolist() == [5]
@@ -249,10 +260,11 @@ def test_kkot_steps(n_choices, bits):
     p1 = kkot.step_pads(q ^ delta, 0, 9, m, bits)
     ct = kkot.step_encrypt(msgs, p0, p1) & np.uint64((1 << bits) - 1)
     pad = kkot.step_receiver_pad(kkot.step_pads(t, 0, 9, m, bits), x)
-    got = kkot.step_decrypt(ct.astype(np.uint64), pad, x) & np.uint64((1 << bits) - 1)
+    raw = pack_bits(ct, bits)
+    got = kkot.step_decrypt(raw, pad, x, n_choices, bits) & np.uint64((1 << bits) - 1)
     np.testing.assert_array_equal(got, kkot.ideal(msgs, x))
     # Any other index decrypts to garbage (w.h.p. over 50 transfers).
-    wrong = kkot.step_decrypt(ct.astype(np.uint64), pad, (x + 1) % n_choices)
+    wrong = kkot.step_decrypt(raw, pad, (x + 1) % n_choices, n_choices, bits)
     assert not np.array_equal(
         wrong & np.uint64((1 << bits) - 1), kkot.ideal(msgs, (x + 1) % n_choices)
     )

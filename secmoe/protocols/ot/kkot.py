@@ -42,7 +42,7 @@ import asyncio
 import numpy as np
 
 from secmoe.crypto.aes_hash import hash_to_uint
-from secmoe.crypto.bitmatrix import pack_bits, packed_size, transpose_2d, unpack_bits
+from secmoe.crypto.bitmatrix import pack_bits, packed_size, pick_bits, transpose_2d
 from secmoe.net import Channel, ProtocolError
 from secmoe.protocols.ot.base import Cost, CotReceiver, CotSender, bin_size
 from secmoe.protocols.ot.iknp import field_width
@@ -121,10 +121,14 @@ def step_receiver_pad(pad: np.ndarray, x: np.ndarray) -> np.ndarray:
     return np.bitwise_xor.reduce(np.take(pad.reshape(-1), at), axis=1).astype(np.uint64)
 
 
-def step_decrypt(ct: np.ndarray, acc: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """Step 4: M[x] = C[x] ⊕ (the receiver's pad); ct ``(c, N)``."""
-    rows = np.arange(ct.shape[0], dtype=np.int64)
-    return np.take(ct.reshape(-1), rows * ct.shape[1] + x) ^ acc
+def step_decrypt(
+    raw: np.ndarray, acc: np.ndarray, x: np.ndarray, n_choices: int, bits: int
+) -> np.ndarray:
+    """Step 4: M[x] = C[x] ⊕ (the receiver's pad), reading only C[x] of each transfer from
+    the packed message ``raw`` (:func:`pack_bits` of C, ``(c, N)``)."""
+    c = x.shape[0]
+    at = np.arange(c, dtype=np.int64) * n_choices + x
+    return pick_bits(raw, c * n_choices, bits, at) ^ acc
 
 
 async def send(ch: Channel, src: CotSender, msgs: np.ndarray, bits: int) -> None:
@@ -177,7 +181,8 @@ async def recv(
         raw = await ch.recv(tag=TAG_C)
         if not isinstance(raw, bytes) or len(raw) != size:
             raise ProtocolError(f"1-of-N OT C: expected {size} bytes")
-        ct = unpack_bits(np.frombuffer(raw, np.uint8), c * n_choices, bits).reshape(c, n_choices)
-        out[off : off + c] = step_decrypt(ct, pad, x[off : off + c])
+        out[off : off + c] = step_decrypt(
+            np.frombuffer(raw, np.uint8), pad, x[off : off + c], n_choices, bits
+        )
         off += c
     return out & np.uint64((1 << bits) - 1)
