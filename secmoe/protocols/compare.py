@@ -55,9 +55,12 @@ from .party import Party, batch_sizes
 #: per element, 4.0 / 3.1 / 3.0 s; IKNP (declared) m = 3 / 4 / 5: 1,703 / 1,558 / 1,494 B,
 #: where m = 5 saves 4% of bytes for twice the leaf work, so CrypTFlow2's m = 4 stays.
 RADIX_BITS = {"silent": 3, "iknp": 4}
-#: Elements per batch: larger inputs go in consecutive batches (a few rounds each), so the peak
-#: memory (leaf tables, pads, COTs: ~1 KB per element at 64 bits) does not grow with n.
+#: Elements per batch: larger inputs go in batches (a few rounds each), so the peak memory (leaf
+#: tables, pads, COTs: ~1 KB per element at 64 bits per batch in flight) does not grow with n.
 COMPARE_CHUNK = 1 << 16
+#: Batches in flight at once: while one batch waits on the peer (a leaf OT's flight, an AND
+#: level), the other's work fills the gap.
+COMPARE_IN_FLIGHT = 2
 
 
 def default_radix(pool: OTPool) -> int:
@@ -146,7 +149,7 @@ async def millionaires(
 
     ``value`` is a (client) or b (server): same shape on both sides, low ``bits`` bits used;
     ``m``: digit bits (default :func:`default_radix`). Inputs of more than
-    :data:`COMPARE_CHUNK` elements go in consecutive batches.
+    :data:`COMPARE_CHUNK` elements go in batches, :data:`COMPARE_IN_FLIGHT` at a time.
     Cost: per element, the leaf OTs of :func:`leaf_groups` + the AND tree of
     :func:`tree_levels` (see :func:`cost_millionaires`).
     """
@@ -154,8 +157,13 @@ async def millionaires(
     shape = np.shape(value)
     flat = np.asarray(value).reshape(-1)
     gt, eq = np.empty(flat.size, bool), np.empty(flat.size, bool)
-    for sub, part in p.batches(flat.size, COMPARE_CHUNK):
+
+    async def run(sub: Party, part: slice) -> None:
         gt[part], eq[part] = await _millionaires_batch(sub, flat[part], bits, want_eq, m)
+
+    batches = list(p.batches(flat.size, COMPARE_CHUNK))
+    for i in range(0, len(batches), COMPARE_IN_FLIGHT):
+        await asyncio.gather(*(run(*b) for b in batches[i : i + COMPARE_IN_FLIGHT]))
     return gt.reshape(shape), (eq.reshape(shape) if want_eq else None)
 
 
@@ -269,8 +277,8 @@ def cost_millionaires(
 ) -> Cost:
     """Declared cost of :func:`millionaires` on n values (rounds: an upper bound)."""
     m = default_radix(pool) if m is None else m
-    total = Cost()
-    for size in batch_sizes(n, COMPARE_CHUNK):
+    total, group = Cost(), Cost()
+    for i, size in enumerate(batch_sizes(n, COMPARE_CHUNK)):
         q = -(-bits // m)
         one = cost_bit_triples(pool, size * and_count(q))
         for _, count, s, msg_bits in leaf_groups(bits, m, want_eq):
@@ -279,8 +287,10 @@ def cost_millionaires(
             )
         for pairs, n_eq in tree_levels(q, want_eq):
             one = one + Cost.exchange(np.zeros(size * (2 * pairs + n_eq), bool))
-        total = total + one
-    return total
+        group = group | one  # the batches of a group run concurrently, the groups in turn
+        if i % COMPARE_IN_FLIGHT == COMPARE_IN_FLIGHT - 1:
+            total, group = total + group, Cost()
+    return total + group
 
 
 def cost_msb(pool: OTPool, n: int, bits: int) -> Cost:
