@@ -42,6 +42,7 @@ at the call site.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 
@@ -161,9 +162,11 @@ async def millionaires(
     async def run(sub: Party, part: slice) -> None:
         gt[part], eq[part] = await _millionaires_batch(sub, flat[part], bits, want_eq, m)
 
-    batches = list(p.batches(flat.size, COMPARE_CHUNK))
-    for i in range(0, len(batches), COMPARE_IN_FLIGHT):
-        await asyncio.gather(*(run(*b) for b in batches[i : i + COMPARE_IN_FLIGHT]))
+    # Forked group by group (the generator forks as it advances): a group's forks start at the
+    # depth its predecessor reached, so the measured rounds are those of this schedule.
+    batches = p.batches(flat.size, COMPARE_CHUNK)
+    while group := list(itertools.islice(batches, COMPARE_IN_FLIGHT)):
+        await asyncio.gather(*(run(*b) for b in group))
     return gt.reshape(shape), (eq.reshape(shape) if want_eq else None)
 
 

@@ -84,8 +84,11 @@ async def test_large_comparisons_go_in_bounded_batches(monkeypatch):
         snap, mark = p.ch.stats.snapshot(), p.ot.mark()
         got = await compare.msb(p, mine(p, xs))
         declared = compare.cost_msb(p.ot, 150, 64) + Cost(**p.ot.refill_cost(mark))
-        declared.check(p.ch.stats.since(snap), exact_rounds=False)
+        measured = p.ch.stats.since(snap)
+        declared.check(measured, exact_rounds=False)
         assert declared.messages > compare.cost_msb(p.ot, 64, 64).messages * 2
+        # Two batches in flight, then the third: its rounds come after the first pair's.
+        assert measured.rounds > compare.cost_msb(p.ot, 64, 64).rounds
         return got
 
     np.testing.assert_array_equal(opened_bits(await run_parties(body, source="silent")), v < 0)
