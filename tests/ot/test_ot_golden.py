@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from secmoe.crypto.prg import PRG
 from secmoe.net import Channel, run_local
 from secmoe.net.codec import encode
@@ -98,7 +100,8 @@ async def _session(ch: Channel) -> tuple[list, dict[str, str]]:
         await pool.cot_send(1000, random_choices=True)
         cut("cot_random")
         m = await pool.rot_send(300, 17, 2)
-        outputs["rot"] = hashlib.sha256(m[0].tobytes() + m[1].tobytes()).hexdigest()
+        values = [v.astype(np.uint64).tobytes() for v in m]  # the values, whatever the dtype
+        outputs["rot"] = hashlib.sha256(values[0] + values[1]).hexdigest()
         cut("rot")
         await pool.ot_send(m0, m1, 5)
         cut("ot")

@@ -309,11 +309,20 @@ def _mask(bits: int) -> np.uint64:
     return np.uint64((1 << bits) - 1)
 
 
+def pad_dtype(bits: int) -> np.dtype:
+    """The dtype of :func:`pads` (and of random OTs' messages): the smallest unsigned type
+    that holds a field of :func:`field_width` bits (uint8 for bit OTs: 8× less memory to move
+    than uint64)."""
+    return np.dtype(f"u{max(1, field_width(bits) // 8)}")
+
+
 def pads(x: np.ndarray, index0: int, domain: int, k: int, bits: int) -> np.ndarray:
-    """H(j, x_j) cut into k values of ``bits`` bits: ``(c, k)`` uint64, j = index0 + [0, c)."""
+    """H(j, x_j) cut into k values of ``bits`` bits: ``(c, k)`` of :func:`pad_dtype`,
+    j = index0 + [0, c)."""
     idx = np.arange(index0, index0 + x.shape[0], dtype=np.uint64)
     h = hash_to_uint(x, idx, domain, k, field_width(bits))
-    return h.astype(np.uint64) & _mask(bits)
+    h &= h.dtype.type((1 << bits) - 1)
+    return h
 
 
 def _width(k: int | None) -> int:
@@ -376,9 +385,10 @@ async def rot_send(
     *,
     random_choices: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random OT, sender: returns ``(m0, m1)`` of shape (n,) or (n, k), values < 2^bits."""
+    """Random OT, sender: returns ``(m0, m1)`` of shape (n,) or (n, k), values < 2^bits
+    (dtype :func:`pad_dtype`)."""
     kk = _width(k)
-    m0, m1 = np.empty((n, kk), np.uint64), np.empty((n, kk), np.uint64)
+    m0, m1 = np.empty((n, kk), pad_dtype(bits)), np.empty((n, kk), pad_dtype(bits))
     off = 0
     async for j0, q in src.send_iter(ch, n, random_choices=random_choices):
         c = q.shape[0]
@@ -396,9 +406,10 @@ async def rot_send(
 async def rot_recv(
     ch: Channel, src: CotReceiver, choices: np.ndarray, bits: int, k: int | None = None
 ) -> np.ndarray:
-    """Random OT, receiver with chosen bits: returns m_{r_j}, shape (n,) or (n, k)."""
+    """Random OT, receiver with chosen bits: returns m_{r_j}, shape (n,) or (n, k) (dtype
+    :func:`pad_dtype`)."""
     r = np.asarray(choices, dtype=bool).reshape(-1)
-    out = np.empty((r.size, _width(k)), np.uint64)
+    out = np.empty((r.size, _width(k)), pad_dtype(bits))
     off = 0
     async for j0, t in src.recv_iter(ch, r):
         # Step 5: m_j^{r_j} = H(j, t_j).
@@ -412,9 +423,9 @@ async def rot_recv(
 async def rot_recv_random(
     ch: Channel, src: CotReceiver, n: int, bits: int, k: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random OT, receiver with random bits: returns ``(r, m_r)``."""
+    """Random OT, receiver with random bits: returns ``(r, m_r)`` (m_r of :func:`pad_dtype`)."""
     r = np.empty(n, dtype=bool)
-    out = np.empty((n, _width(k)), np.uint64)
+    out = np.empty((n, _width(k)), pad_dtype(bits))
     off = 0
     async for j0, rc, t in src.recv_random_iter(ch, n):
         c = t.shape[0]
