@@ -33,23 +33,35 @@ _TILE = 8
 _PREFETCH_WORDS = 32
 
 
-@intrinsic
-def _prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
-    """``llvm.prefetch`` (read, high locality) of ``arr.ravel()[idx]``: a hint, no effect on
-    the result."""
-    sig = types.void(arr, idx)
+def _prefetch_hint(locality: int):  # type: ignore[no-untyped-def]
+    """An intrinsic ``prefetch(arr, idx)``: ``llvm.prefetch`` (read) of ``arr.ravel()[idx]``
+    with the given locality (3: ``prefetcht0``, into L1; 2: ``prefetcht1``): a hint, no effect
+    on the result."""
 
-    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
-        ary = context.make_array(signature.args[0])(context, builder, args[0])
-        i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
-        fn = builder.module.declare_intrinsic(
-            "llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
-        )
-        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
-        builder.call(fn, [ptr, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
+    @intrinsic
+    def prefetch(typingctx, arr, idx):  # type: ignore[no-untyped-def]
+        sig = types.void(arr, idx)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+            ary = context.make_array(signature.args[0])(context, builder, args[0])
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = builder.module.declare_intrinsic(
+                "llvm.prefetch", fnty=ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            )
+            ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), i8p)
+            loc = ir.Constant(i32, locality)
+            builder.call(fn, [ptr, ir.Constant(i32, 0), loc, ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return prefetch
+
+
+#: Prefetch into L1 (high locality): the transpose's input lines, read within a few tiles.
+_prefetch = _prefetch_hint(3)
+#: Prefetch with ``prefetcht1``: the LPN gathers (see :func:`lpn_rows`).
+_prefetch_t1 = _prefetch_hint(2)
 
 
 #: Round j's mask of the 64 × 64 transpose: the bits whose index has bit j clear.
@@ -122,16 +134,41 @@ def transpose_xor(m: np.ndarray, u: np.ndarray, sel: np.ndarray, out: np.ndarray
                     out[o + k, rb] = buf[rb, k, q]
 
 
-#: Rows ahead whose gathers :func:`lpn_rows` prefetches (measured best of 2..32: 3.8 against
-#: 6.6–7.6 ns per gather from an 8 MiB table without prefetching).
+#: Rows ahead whose gathers :func:`lpn_rows` prefetches (measured best of 2..32 with
+#: ``prefetcht0``: 3.8 against 6.6–7.6 ns per gather from an 8 MiB table without prefetching;
+#: in today's loop 12..32 measure alike, 6 and 8 5–15% slower).
 _PREFETCH_ROWS = 12
 
 
+@intrinsic
+def _xor_block(typingctx, flat, idx, a0, a1):  # type: ignore[no-untyped-def]
+    """``(a0 ^ flat[idx], a1 ^ flat[idx + 1])`` for a C-contiguous uint64 array ``flat``, by
+    one 128-bit load and XOR: in a loop, LLVM then keeps the running sum in one vector register
+    (``vpxor`` from memory; two scalar loads and XORs per block cost 20% more in
+    :func:`lpn_rows`)."""
+    if not (isinstance(flat, types.Array) and flat.dtype == types.uint64 and flat.layout == "C"):
+        return None
+    sig = types.UniTuple(types.uint64, 2)(flat, idx, a0, a1)
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        v2, i32 = ir.VectorType(ir.IntType(64), 2), ir.IntType(32)
+        ptr = builder.bitcast(builder.gep(ary.data, [args[1]]), v2.as_pointer())
+        acc = builder.insert_element(ir.Constant(v2, ir.Undefined), args[2], ir.Constant(i32, 0))
+        acc = builder.insert_element(acc, args[3], ir.Constant(i32, 1))
+        r = builder.xor(acc, builder.load(ptr, align=8))
+        lanes = [builder.extract_element(r, ir.Constant(i32, q)) for q in (0, 1)]
+        return context.make_tuple(builder, signature.return_type, lanes)
+
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True, inline="always")
-def _lpn_index(v: np.uint32, kk: np.uint64, pow2: bool) -> np.int64:
-    """A keystream word → a column index in [0, k): v mod k (k a power of two) or ⌊v·k/2^32⌋."""
+def _lpn_index(v: np.uint32, kk: np.uint64, pow2: bool) -> np.uint64:
+    """A keystream word → a column index in [0, k): v mod k (k a power of two) or ⌊v·k/2^32⌋.
+    Unsigned, as every index in :func:`lpn_rows`: numba then emits no negative-index wrap."""
     w = np.uint64(v)
-    return np.int64(w & (kk - _ONE)) if pow2 else np.int64((w * kk) >> np.uint64(32))
+    return (w & (kk - _ONE)) if pow2 else ((w * kk) >> np.uint64(32))
 
 
 @njit(cache=True, nogil=True)
@@ -140,25 +177,28 @@ def lpn_rows(
 ) -> None:
     """In place, for each row i of ``out`` ``(w, 2)``: out[i] ⊕= ⨁_j base[idx(words[j, u0 + i])].
 
-    ``words`` ``(d, PAGE)`` uint32 is one page of the code's keystream; idx(v) = v mod k when
-    ``pow2`` (k a power of two), else ⌊v·k / 2^32⌋ (:meth:`secmoe.protocols.ot.lpn.LocalCode`).
-    The gathers of row i + 12 are prefetched while row i is summed (the table, 8 MiB for
-    k = 2^19, is out of the L2 cache: the loop is bound by memory latency).
+    ``words`` ``(d, ≥ PAGE)`` uint32 is one page of the code's keystream (row j: word j·PAGE + u
+    at column u); idx(v) = v mod k when ``pow2`` (k a power of two), else ⌊v·k / 2^32⌋
+    (:meth:`secmoe.protocols.ot.lpn.LocalCode`). The gathers of row i + 12 are prefetched
+    while row i is summed (the table, 8 MiB for k = 2^19, is out of the L2 cache), with
+    ``prefetcht1``: ns per gather, alone / 2 threads × 2 tables (``benchmarks/lpn_encode.py``),
+    went from 2.9–3.7 / 3.6–5.0 with ``prefetcht0`` to 2.4–2.8 / 2.5–3.0, and to 1.9 / 2.1
+    with the sum in one vector register (:func:`_xor_block`) and unsigned indices.
     """
     d = words.shape[0]
     kk = np.uint64(k)
     n = out.shape[0]
     flat = base.reshape(-1)
+    two, ahead = np.uint64(2), np.uint64(_PREFETCH_ROWS)
     for i in range(n):
+        u = np.uint64(u0 + i)
         if i + _PREFETCH_ROWS < n:
             for j in range(d):
-                _prefetch(flat, 2 * _lpn_index(words[j, u0 + i + _PREFETCH_ROWS], kk, pow2))
+                _prefetch_t1(flat, two * _lpn_index(words[j, u + ahead], kk, pow2))
         a0 = out[i, 0]
         a1 = out[i, 1]
         for j in range(d):
-            idx = _lpn_index(words[j, u0 + i], kk, pow2)
-            a0 ^= base[idx, 0]
-            a1 ^= base[idx, 1]
+            a0, a1 = _xor_block(flat, two * _lpn_index(words[j, u], kk, pow2), a0, a1)
         out[i, 0] = a0
         out[i, 1] = a1
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from secmoe.crypto.prg import PRG
 from secmoe.protocols.ot import lpn
@@ -19,6 +20,10 @@ def _prg(tag: str) -> PRG:
         (1000, 300, 0, 1000),
         (3 * lpn.PAGE + 5, 64, 0, 3 * lpn.PAGE + 5),  # pages, and a partial last page
         (3 * lpn.PAGE + 5, 5000, lpn.PAGE - 3, lpn.PAGE + 7),  # straddles pages, unaligned
+        (2 * lpn.PAGE, 1 << 12, 777, 13),  # fewer rows than the prefetch distance
+        (2 * lpn.PAGE, 1 << 12, lpn.PAGE - 12, 12),  # ends on a page boundary
+        (2 * lpn.PAGE + 9, 1 << 16, 1001, lpn.PAGE + 3),  # k = 2^16: index v mod k
+        (2 * lpn.PAGE + 9, (1 << 16) + 1, 5, 2 * lpn.PAGE + 3),  # k = 2^16 + 1: ⌊v·k/2^32⌋
     ],
 )
 def test_encode_matches_reference(n, k, start, m):
@@ -28,6 +33,31 @@ def test_encode_matches_reference(n, k, start, m):
     want = ideal_encode(out, base, code, start)
     code.encode(out, base, start)
     np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_encode_other_row_weights(d):
+    g = _prg(f"d{d}")
+    code = LocalCode(lpn.PAGE + 50, 999, d)
+    base, out = g.uint64((999, 2)), g.uint64((lpn.PAGE + 20, 2))
+    want = ideal_encode(out, base, code, 30)
+    code.encode(out, base, 30)
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("k", [1 << 10, 1000])
+def test_indices_are_the_documented_keystream_words(k):
+    # A(p·PAGE + u, j) from word j·PAGE + u of one AES-128-CTR stream at counter block p·2^64,
+    # computed here in one call (the code fills padded rows, d calls per page).
+    code = LocalCode(3 * lpn.PAGE, k)
+    page, rows = 2, np.arange(0, lpn.PAGE, 97)
+    nonce = (page << 64).to_bytes(16, "big")
+    enc = Cipher(algorithms.AES(code.key), modes.CTR(nonce)).encryptor()
+    w = np.frombuffer(enc.update(bytes(4 * lpn.D * lpn.PAGE)), "<u4").astype(np.uint64)
+    w = w.reshape(lpn.D, lpn.PAGE)[:, rows].T
+    want = w % k if k & (k - 1) == 0 else (w * np.uint64(k)) >> np.uint64(32)
+    got = code.indices(page * lpn.PAGE, (page + 1) * lpn.PAGE)[rows]
+    np.testing.assert_array_equal(got, want.astype(np.int64))
 
 
 def test_encode_in_pieces_equals_whole():

@@ -20,9 +20,19 @@ counter block p·2^64. A is public; its rows are i.i.d.
 
 Cost: nothing on the wire. Compute per output row: 40 bytes of AES-CTR, d index reductions, d
 16-byte gathers from the k-vector (random accesses: the hot loop) and d block XORs. A page is
-one AES call (its keystream, 640 KiB, stays in the L2 cache) and one compiled pass over its
-rows (:func:`secmoe.crypto.kernels.lpn_rows`, without the GIL; numpy's gather through
-(d, PAGE) temporaries was 45% of Ferret's time at 10^7 COTs).
+one AES-CTR stream, written row by row into a padded ``(d, PAGE + 16)`` buffer (640 KiB, in
+the L2 cache; unpadded, its d rows would share L1 sets), and one compiled pass over its rows
+(:func:`secmoe.crypto.kernels.lpn_rows`, without the GIL; numpy's gather through (d, PAGE)
+temporaries was 45% of Ferret's time at 10^7 COTs) that prefetches the gathers 12 rows ahead
+(``prefetcht1``) and sums each row's blocks in a vector register. Measured at B13's shape
+(k = 2^19, an 8 MiB table; thread CPU on the shared 2-core EPYC at load 5–7, medians,
+``benchmarks/lpn_encode.py``): 1.9–2.0 ns per gather alone, 0.5 of it AES, and 2.1–2.3 with
+2 threads × 2 live tables (before: 3.4–4.1 and 4.8–5.6 ns); 1.5 ns with an L1-resident table,
+so the loop is now bound more by its instructions than by memory.
+
+Cache blocking (bucket a group's (row, column) pairs by L2-sized column ranges, then apply each
+bucket with its range cache-resident) was measured and not adopted: its scatter (~1 ns) plus
+its per-pair read-modify-write of ``out`` (1.3–2.2 ns) cost more than a prefetched gather.
 """
 
 from __future__ import annotations
@@ -40,6 +50,10 @@ D = 10
 #: Rows per page: the unit of A's definition (both parties must agree on it) and of the work
 #: loop (measured best of 2^13..2^15 with both parties' threads running in one process).
 PAGE = 1 << 14
+
+#: Padding words after each keystream row of a page buffer: rows exactly PAGE words (64 KiB)
+#: apart would map to the same L1 cache sets, and the kernel reads all d of them at once.
+_PAD = 16
 
 
 def code_key(n: int, k: int, d: int = D) -> bytes:
@@ -62,13 +76,20 @@ class LocalCode:
             raise ValueError(f"bad code shape n={n}, k={k}, d={d}")
         self.n, self.k, self.d = n, k, d
         self.key = code_key(n, k, d)
-        self._zeros = np.zeros(4 * d * PAGE, np.uint8)  # read-only: the CTR plaintext
+        self._zeros = np.zeros(4 * PAGE, np.uint8)  # read-only: the CTR plaintext of one row
 
-    def _keystream(self, page: int, out: np.ndarray) -> None:
-        """Page ``page``'s keystream words into ``out`` (a ``d·PAGE`` uint32 buffer, + slack)."""
+    def _page_buffer(self) -> np.ndarray:
+        """A buffer for one page's keystream: ``(d, PAGE + _PAD)`` little-endian uint32."""
+        return np.empty((self.d, PAGE + _PAD), "<u4")
+
+    def _keystream(self, page: int, words: np.ndarray) -> None:
+        """Page ``page``'s keystream into ``words`` (a :meth:`_page_buffer`): row j, columns
+        [0, PAGE), holds words j·PAGE .. j·PAGE + PAGE − 1 (one CTR stream, d calls)."""
         nonce = (page << 64).to_bytes(16, "big")
         enc = Cipher(algorithms.AES(self.key), modes.CTR(nonce)).encryptor()
-        enc.update_into(self._zeros, out)
+        raw = words.view(np.uint8)
+        for j in range(self.d):
+            enc.update_into(self._zeros, raw[j])  # the padding takes update_into's slack
 
     def _reduce(self, w: np.ndarray) -> np.ndarray:
         """Keystream words (uint64) → indices in [0, k) (see the module docstring)."""
@@ -79,12 +100,11 @@ class LocalCode:
     def indices(self, start: int = 0, stop: int | None = None) -> np.ndarray:
         """A's column indices for rows [start, stop): ``(stop − start, d)`` int64 (for tests)."""
         stop = self.n if stop is None else stop
-        ks = np.empty(4 * self.d * PAGE + 16, np.uint8)
+        words = self._page_buffer()
         rows = []
         for page in range(start // PAGE, -(-stop // PAGE)):
-            self._keystream(page, ks)
-            w = ks[: 4 * self.d * PAGE].view("<u4").reshape(self.d, PAGE).astype(np.uint64)
-            rows.append(self._reduce(w).astype(np.int64).T)
+            self._keystream(page, words)
+            rows.append(self._reduce(words[:, :PAGE].astype(np.uint64)).astype(np.int64).T)
         a = np.concatenate(rows) if rows else np.empty((0, self.d), np.int64)
         off = start // PAGE * PAGE
         return np.ascontiguousarray(a[start - off : stop - off])
@@ -101,18 +121,17 @@ class LocalCode:
             raise ValueError(f"base must be ({self.k}, 2) uint64, got {base.dtype} {base.shape}")
         if out.ndim != 2 or out.shape[1] != 2 or not out.flags.c_contiguous:
             raise ValueError("out must be a C-contiguous (m, 2) uint64 block array")
-        m, d = out.shape[0], self.d
+        m = out.shape[0]
         if start < 0 or start + m > self.n:
             raise ValueError(f"rows [{start}, {start + m}) exceed n = {self.n}")
         src = np.ascontiguousarray(base)
-        ks = np.empty(4 * d * PAGE + 16, np.uint8)
-        words = ks[: 4 * d * PAGE].view("<u4").reshape(d, PAGE)
+        words = self._page_buffer()
         pow2 = self.k & (self.k - 1) == 0
         row = start
         while row < start + m:
             page, u0 = divmod(row, PAGE)
             w = min(PAGE, u0 + start + m - row) - u0
-            self._keystream(page, ks)
+            self._keystream(page, words)
             kernels.lpn_rows(words, u0, self.k, pow2, src, out[row - start : row - start + w])
             row += w
 
