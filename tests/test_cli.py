@@ -1,12 +1,15 @@
 """The command line, run as users run it: as subprocesses."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
 
 import pytest
+
+from secmoe import cli
 
 SECMOE = [sys.executable, "-m", "secmoe.cli"]
 
@@ -236,3 +239,22 @@ def test_bench_model_prints_readable_tables_without_json():
     assert "layer0/attn" in rows and "layer1/moe/reveal" in rows
     assert "{'row'" not in out.stdout and "'bytes_c2s'" not in out.stdout  # no raw dicts
     assert "peak RSS" in out.stdout
+
+
+def test_no_transparent_huge_pages_unless_asked(monkeypatch):
+    try:
+        from numpy._core import multiarray
+    except ImportError:  # numpy 1.x
+        from numpy.core import multiarray
+    before = multiarray._get_madvise_hugepage()
+    try:
+        monkeypatch.setenv("NUMPY_MADVISE_HUGEPAGE", "1")  # the user's choice is kept
+        multiarray._set_madvise_hugepage(True)
+        cli.no_transparent_huge_pages()
+        assert multiarray._get_madvise_hugepage() is True
+        monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE")
+        cli.no_transparent_huge_pages()
+        assert multiarray._get_madvise_hugepage() is False
+        assert os.environ["NUMPY_MADVISE_HUGEPAGE"] == "0"  # inherited by child processes
+    finally:
+        multiarray._set_madvise_hugepage(before)
