@@ -50,6 +50,15 @@ def aes_fixed(x: np.ndarray) -> np.ndarray:
     return buf[: src.size].view(np.uint64).reshape(x.shape)
 
 
+def xor_block(x: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """x ⊕ block for every block of ``x`` ``(n, 2)``, as a new array (word by word: numpy's
+    broadcast over a last axis of 2 is 5× slower)."""
+    out = np.empty(x.shape, np.uint64)
+    np.bitwise_xor(x[:, 0], block[0], out=out[:, 0])
+    np.bitwise_xor(x[:, 1], block[1], out=out[:, 1])
+    return out
+
+
 def tweak_high(domain: int, k: int = 0) -> np.uint64:
     """The high word of a tweak: a 48-bit domain and a 16-bit output-block number k."""
     if not 0 <= k < MAX_OUT_BLOCKS:

