@@ -108,3 +108,13 @@ def test_rejects_bad_shapes():
         code.encode(np.zeros((10, 2), np.uint64), np.zeros((50, 2), np.uint64), start=95)
     with pytest.raises(ValueError):
         LocalCode(100, 5)  # k < d
+
+
+def test_table_is_a_writable_block_array_the_code_reads():
+    code = LocalCode(1000, 600)
+    base = lpn.table(600)
+    assert base.shape == (600, 2) and base.dtype == np.uint64 and base.flags.c_contiguous
+    base[:] = PRG(b"t" * 16).uint64((600, 2))
+    out = np.zeros((1000, 2), np.uint64)
+    code.encode(out, base)
+    np.testing.assert_array_equal(out, ideal_encode(np.zeros((1000, 2), np.uint64), base, code))

@@ -55,7 +55,7 @@ import numpy as np
 from secmoe.crypto.bitmatrix import words_to_bits
 from secmoe.crypto.prg import PRG
 from secmoe.net import Channel, ProtocolError
-from secmoe.protocols.ot import base, ggm, iknp
+from secmoe.protocols.ot import base, ggm, iknp, lpn
 from secmoe.protocols.ot.base import Cost, bin_size
 from secmoe.protocols.ot.iknp import KAPPA, IknpReceiver, IknpSender, chunk_sizes, domain_of
 from secmoe.protocols.ot.lpn import D, LocalCode
@@ -273,7 +273,7 @@ class FerretCOT:
         self._lp, self._plan, self._next, self._res = lp, batch_plan(lp, self._m()), 0, res
         self._index0, self._tweak = self._tweak, self._tweak + lp.t * lp.h
         if self._res_next is None:
-            self._res_next = np.empty((self._m(), 2), np.uint64)
+            self._res_next = lpn.table(self._m())
         self.iterations += 1
         self._begin(lp)
 
