@@ -31,7 +31,7 @@ def no_transparent_huge_pages() -> None:
     with the advice and 0.08 s without on this project's machine, and
     ``secmoe bench ot --kind cot --n 10000000 --source silent`` ran at 7.0–7.2 M OT/s with it
     against 10.9–13.8 without (alternating runs, load 2.4). The one table that gains from huge
-    pages, Ferret's LPN input, loses ~5% per gather.
+    pages, Ferret's LPN input, asks for them itself (:func:`secmoe.protocols.ot.lpn.table`).
     """
     if os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0") != "0":
         return
