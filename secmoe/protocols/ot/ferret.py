@@ -341,7 +341,7 @@ class FerretCOT:
         """The next c ready COT blocks, producing batches as needed: a view of the batch's
         rows when they lie in one batch (each row is handed out once, so the caller owns
         it), else a copy."""
-        if self._pos == self._end:
+        if c and self._pos == self._end:
             await self._advance(ch)
         if c <= self._end - self._pos:
             assert self._rows is not None
