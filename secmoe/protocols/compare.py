@@ -280,8 +280,8 @@ def cost_millionaires(
 ) -> Cost:
     """Declared cost of :func:`millionaires` on n values (rounds: an upper bound)."""
     m = default_radix(pool) if m is None else m
-    total, group = Cost(), Cost()
-    for i, size in enumerate(batch_sizes(n, COMPARE_CHUNK)):
+    total = Cost()
+    for size in batch_sizes(n, COMPARE_CHUNK):
         q = -(-bits // m)
         one = cost_bit_triples(pool, size * and_count(q))
         for _, count, s, msg_bits in leaf_groups(bits, m, want_eq):
@@ -290,10 +290,10 @@ def cost_millionaires(
             )
         for pairs, n_eq in tree_levels(q, want_eq):
             one = one + Cost.exchange(np.zeros(size * (2 * pairs + n_eq), bool))
-        group = group | one  # the batches of a group run concurrently, the groups in turn
-        if i % COMPARE_IN_FLIGHT == COMPARE_IN_FLIGHT - 1:
-            total, group = total + group, Cost()
-    return total + group
+        # Batches in flight together share the OT streams, so one may wait on rows another's
+        # draw made: their rounds are bounded by the sum, not the max.
+        total = total + one
+    return total
 
 
 def cost_msb(pool: OTPool, n: int, bits: int) -> Cost:
