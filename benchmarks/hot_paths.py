@@ -77,6 +77,7 @@ def record(name: str, peer: str, cmd: list[str], timeout: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spu-python", help="the Python of a virtualenv with spu==0.9.5")
+    ap.add_argument("--spu-bench", type=Path, default=SPU_BENCH, help=f"default {SPU_BENCH}")
     ap.add_argument("--reps", type=int, default=2, help="rounds of every case (default 2)")
     ap.add_argument("--only", default="", help="comma-separated case names (default all)")
     ap.add_argument("--out", type=Path, help="append the JSON lines to this file")
@@ -94,7 +95,7 @@ def main() -> None:
             rows.append(record(name, "secmoe", [*SECMOE, *args, "--json"], a.timeout))
             print(json.dumps(rows[-1]), flush=True)
             if name == "relu_2^20" and a.spu_python:
-                spu = [a.spu_python, str(SPU_BENCH), "--prot", "CHEETAH", "--reps", "1"]
+                spu = [a.spu_python, str(a.spu_bench), "--prot", "CHEETAH", "--reps", "1"]
                 rows.append(record(name, "spu", [*spu, "--only", name], a.timeout))
                 print(json.dumps(rows[-1]), flush=True)
     if a.out:
