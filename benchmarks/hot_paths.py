@@ -49,9 +49,10 @@ def run(cmd: list[str], timeout: float) -> tuple[dict, int]:
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        lines = [ln for ln in out.read().splitlines() if ln.startswith("{")]
+        text = out.read() + err.read()  # SPU's script prints its JSON on stderr
+        lines = [ln for ln in text.splitlines() if ln.startswith("{")]
         if proc.returncode or not lines:
-            raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{err.read()[-2000:]}")
+            raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{text[-2000:]}")
     return json.loads(lines[-1]), usage.ru_maxrss
 
 
