@@ -192,7 +192,7 @@ async def _check(
 ) -> dict[str, Any]:
     p: Party = st["p"]
     extra = {"INSECURE": True} if args.strategy in INSECURE_STRATEGIES else {}
-    if p.role == "server" and args.strategy == "select":
+    if p.role == "server":  # every strategy: the plain-weight products' and workers' figures
         pool = getattr(args, "pool", None)
         extra |= select_figures(p, pool, st["worker_cpu"], args.tokens, args.experts)
     if args.no_check:
@@ -215,12 +215,15 @@ async def _check(
 def select_figures(
     p: Party, pool: ExpertPool | None, cpu_before: list[float] | None, tokens: int, experts: int
 ) -> dict[str, Any]:
-    """Server: the encoded selection weights held now (bytes in this process, or per worker),
-    the server's seconds in the selections' steps, the one-hot entries of one selection
-    (``tokens`` chunked as the selections are, times ``experts``: for the cost model) and the
-    workers' CPU seconds since the setup (the run and its check; they do nothing else)."""
+    """Server (every strategy): the encoded selection weights held now (bytes in this process,
+    or per worker), the server's seconds in the selections' steps and its CPU seconds in the
+    plain-weight HE products (``linear_cpu_seconds``: the coordinator's share with workers),
+    the one-hot entries of one selection (``tokens`` chunked as the selections are, times
+    ``experts``: for the cost model) and the workers' CPU seconds since the setup (the run and
+    its check; they do nothing else)."""
     steps = {f"select_{k}_seconds": round(v, 3) for k, v in p.he.select_seconds.items()}
     steps["select_leaves"] = select_chunk(tokens, experts) * experts
+    steps["linear_cpu_seconds"] = round(p.he.linear_seconds.get("cpu", 0.0), 3)
     if pool is None or cpu_before is None:
         local = sum(w.nbytes for w in p.he.selects.values() if isinstance(w, SelectWeights))
         return {"workers": 0, "select_weights_bytes": [local], **steps}

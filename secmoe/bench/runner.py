@@ -68,6 +68,10 @@ async def run_party(ch: Channel, op: BenchOp, args: argparse.Namespace) -> dict[
         if args.net is None
         else {},
         **per_item,
+        # each party's own wall seconds from the end of its setup to the end of the run
+        # ("seconds" is the larger: the client's clock also runs while the server's setup ends)
+        "client_seconds": client["seconds"],
+        "server_seconds": server["seconds"],
         # CPU seconds of each party's process during the run: over TCP each party is its own
         # process; locally both run in one process and the two figures are the same total.
         "client_cpu_seconds": client["cpu"],

@@ -259,20 +259,25 @@ class ExpertPool:
     def products(
         self, sid: str, shard: str, root: np.ndarray, x0: np.ndarray, x1: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Per output block, the workers' accumulators summed: ``(present (T,), acc)``."""
+        """Per output block, the workers' accumulators summed: ``(present (T,), acc)``
+        (``acc`` is valid until the next block is asked for: its buffer is reused)."""
         plan = self._recipes[shard].plan
         self._sync()
         args = (sid, shard, self._share(root), self._share(x0), self._share(x1))
         streams = [self._stream(w, "products", *args) for w in range(self.workers)]
         q = np.array(params_for(plan.params).primes[: plan.level], dtype=np.uint64)[:, None]
+        total = diff = None  # buffers for every block's sum (fresh ones cost page faults)
         try:
             for _ in plan.outputs:
                 present, acc = next(streams[0])
-                for i, s in enumerate(streams[1:]):
+                for s in streams[1:]:
                     p, a = next(s)
                     present = present | p  # a worker's accumulator is zero where absent
-                    acc = acc + a if i == 0 else np.add(acc, a, out=acc)  # < 2q < 2^64
-                    np.subtract(acc, q, out=acc, where=acc >= q)
+                    if total is None:
+                        total, diff = np.empty_like(acc), np.empty_like(acc)
+                    acc = np.add(acc, a, out=total)  # < 2q < 2^64
+                    # reduced mod q: acc − q wraps around above acc unless acc ≥ q
+                    np.minimum(acc, np.subtract(acc, q, out=diff), out=acc)
                 yield present, acc
         finally:  # on failure too: the other workers' streams are cancelled, not left running
             for s in streams:
@@ -364,6 +369,11 @@ class RayPool(ExpertPool):
     is connected to; with none, a local one is started (``num_cpus`` = max(W, 2), no
     dashboard) and shut down by :meth:`close`, or the cluster at ``address`` is joined."""
 
+    #: A worker's stream runs at most this many items ahead of the coordinator: a selection's
+    #: workers then pause for the coordinator's finish instead of taking its CPU where they
+    #: share cores with it, and hold at most this many accumulators each in the object store.
+    AHEAD = 2
+
     def __init__(
         self,
         workers: int,
@@ -414,7 +424,8 @@ class RayPool(ExpertPool):
         return [self._get(w, ref) for w, ref in refs]  # each wait has the deadline
 
     def _stream(self, w: int, method: str, *args: Any) -> Generator[Any, None, None]:
-        gen = getattr(self.members[w], method).options(num_returns="streaming").remote(*args)
+        opts = {"num_returns": "streaming", "_generator_backpressure_num_objects": self.AHEAD}
+        gen = getattr(self.members[w], method).options(**opts).remote(*args)
         return self._items(w, gen)  # submitted now: the workers run side by side
 
     def _items(self, w: int, gen: Any) -> Generator[Any, None, None]:

@@ -109,6 +109,9 @@ class HEState:
     #: Server: seconds of the encrypted selections' steps, summed over the session's calls
     #: (``products``: expansion, selection and tensor, here or on the workers; ``finish``).
     select_seconds: dict[str, float] = field(default_factory=dict)
+    #: Server: ``cpu``, this process's CPU seconds in the plain-weight HE products (all of
+    #: their work without workers; with them, the coordinator's share), summed over the calls.
+    linear_seconds: dict[str, float] = field(default_factory=dict)
 
     def client(self, params: HEParams) -> ClientHE:
         he = self.keys[params.name]
@@ -230,7 +233,9 @@ async def _product(
         got = None if ws is None else [w.shape for w in ws]
         raise ValueError(f"server weights of shapes {got}, expected {shapes}")
     enc = st.encoded.get(_fused_key(ws, t)) or prepare(p, ws, t)
-    return await matmul_server(p.ch, st.server(HE_8K), x, enc, p.prg, ring=p.ring)
+    return await matmul_server(
+        p.ch, st.server(HE_8K), x, enc, p.prg, ring=p.ring, timings=st.linear_seconds
+    )
 
 
 async def linear(p: Party, x: np.ndarray, w: np.ndarray | None, h: int) -> np.ndarray:
@@ -326,7 +331,9 @@ async def linear_diagonal(p: Party, xs: np.ndarray, ws: np.ndarray | None, h: in
         if ws is None or ws.shape != (m, d, h):
             raise ValueError(f"server weights of shape {None if ws is None else ws.shape}")
         enc = st.encoded.get(("diagonal", _key(ws, t))) or prepare_diagonal(p, ws, t)
-        (y,) = await matmul_server(f.ch, st.server(HE_8K), x, enc, f.prg, ring=p.ring)
+        (y,) = await matmul_server(
+            f.ch, st.server(HE_8K), x, enc, f.prg, ring=p.ring, timings=st.linear_seconds
+        )
     y = y.reshape(t, m, h).transpose(1, 0, 2)
     return await arith.trunc(p.fork("trunc"), y)
 

@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -151,10 +152,12 @@ async def matmul_server(
     prg: PRG,
     *,
     ring: Ring = DEFAULT_RING,
+    timings: dict | None = None,
 ) -> list[np.ndarray]:
     """Server side of ``<Y_m> = <X>·W_m``: returns its shares −R_m. With
     :class:`ShardedWeights` the products and most of the packing run on the workers holding
-    the weights (the same reply, see the module's docstring)."""
+    the weights (the same reply, see the module's docstring). ``timings`` (if given): its
+    ``cpu`` grows by this process's CPU seconds in the product (the workers' not counted)."""
     plan = weights.plan
     check_context(he.ctx, plan)
     x_s = ring.reduce(np.asarray(x_s, dtype=U64))
@@ -164,6 +167,7 @@ async def matmul_server(
     _check_plan(msg["plan"], plan)
 
     def work():
+        cpu = time.thread_time()
         inputs = server_inputs(he, plan, bytes(msg["seed"]), np.asarray(msg["c0"]), [x_s])
         if isinstance(weights, ShardedWeights):
             groups = _joined(he, weights, inputs)
@@ -171,9 +175,11 @@ async def matmul_server(
         else:
             cts = [he.ctx.import_ct(r, ntt=True) for r in inputs]
             shares, c1, c0 = step_server_eval(he, weights, cts, prg)
-        return shares, *pack_results(he, plan, c1, c0)
+        return shares, *pack_results(he, plan, c1, c0), time.thread_time() - cpu
 
-    shares, c1b, c0b = await asyncio.to_thread(work)
+    shares, c1b, c0b, cpu = await asyncio.to_thread(work)
+    if timings is not None:  # here, in the event loop: products run side by side in threads
+        timings["cpu"] = timings.get("cpu", 0.0) + cpu
     await ch.send({"c1": c1b, "c0": c0b}, tag="he/mm/y")
     return [ring.reduce(s) for s in shares]
 
