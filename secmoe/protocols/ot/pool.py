@@ -245,7 +245,8 @@ class OTPool:
         off = 0
         with self._use():
             async for _, rc, tc in self.receiver.recv_random_iter(self.ch, n):
-                r[off : off + rc.size], t[off : off + rc.size] = rc, tc
+                r[off : off + rc.size] = rc
+                await asyncio.to_thread(np.copyto, t[off : off + rc.size], tc)  # off the loop
                 off += rc.size
         return r, t
 
@@ -389,7 +390,9 @@ async def _collect(chunks: AsyncIterator[tuple[int, np.ndarray]], n: int) -> np.
     out = np.empty((n, 2), dtype=np.uint64)
     off = 0
     async for _, blocks in chunks:
-        out[off : off + blocks.shape[0]] = blocks
+        # in a thread: a chunk's copy (and the output's page faults) off the event loop, which
+        # serves both parties in a local run
+        await asyncio.to_thread(np.copyto, out[off : off + blocks.shape[0]], blocks)
         off += blocks.shape[0]
     return out
 
