@@ -165,6 +165,8 @@ def figures(r: dict) -> dict:
         "seconds": r["seconds"],
         "client_cpu": r["client_cpu_seconds"],
         "server_cpu": r["server_cpu_seconds"],
+        # the part in plain-weight HE products (rows from before it was reported: None)
+        "server_linear_cpu": r.get("server_linear_cpu_seconds"),
         "setup_seconds": r["setup_seconds"],
         "rss_server_mb": r["peak_rss_mb"]["server"],
         "rss_client_mb": r["peak_rss_mb"]["client"],
@@ -177,7 +179,8 @@ def figures(r: dict) -> dict:
 def compose(r: dict, n_layers: int, moe_layers: list[int]) -> dict:
     """Whole-model figures from a ``--layers 2`` run (block 0 dense, block 1 MoE): the run's
     figures plus, for each further block, the measured block of the same kind. Bytes, rounds,
-    wall and CPU seconds add; the setup adds each further block's weight encoding."""
+    wall and CPU seconds (the server's in plain-weight HE products too, where the run has
+    them) add; the setup adds each further block's weight encoding."""
     per = r["per_layer"]
     dense, moe = per["layer0"], per["layer1"]
     n_moe = len(moe_layers)
@@ -198,6 +201,8 @@ def compose(r: dict, n_layers: int, moe_layers: list[int]) -> dict:
         setup_seconds=out["setup_seconds"] + extra_dense * enc["0"] + extra_moe * enc["1"],
         source="composed",
     )
+    if out["server_linear_cpu"] is not None:
+        out["server_linear_cpu"] += more("server_linear_cpu_seconds")
     return with_estimates(out)
 
 

@@ -10,21 +10,24 @@ Default layer: ``select``, E = 64, d = 256, d_ff = 1024, T = 8 (the issue's targ
 average (``os.getloadavg``) is recorded with each run: on a shared machine the times are upper
 bounds.
 
-``--whole FILE --select-costs RUN --project W…`` runs nothing: it PROJECTS a whole model's
-CPU-based LAN time with W workers (:mod:`secmoe.distributed.predict`) from a measured
-``secmoe bench model --layers 2 --json`` row of FILE (``benchmarks/paper_table.py``'s
-composition into the whole model, its ``lan_cpu``: both parties' CPU seconds plus the link)
-and the per-step selection CPU seconds of RUN, the last JSON line of ``secmoe bench moe
---strategy select --json`` on that model's MoE layer (embedded server), counted once per MoE
-layer:
+``--whole FILE --project W…`` runs nothing: it PROJECTS a whole model's CPU-based LAN time
+with W workers (:mod:`secmoe.distributed.predict`) from the last ``secmoe bench model --layers
+2 --strategy select`` row of FILE with the embedded server, as ``benchmarks/paper_table.py``
+writes it (two processes; the row carries the server's own per-step selection CPU seconds and
+each row's ``server_linear_cpu_seconds``), composed as ``paper_table.py``'s ``compose``
+composes it (the top rows once, block 0 for every dense block, block 1 for every MoE block;
+its ``lan_cpu``: both parties' CPU seconds plus the link):
 
-    python benchmarks/ray_scaleout.py --whole benchmarks/results/paper_table.jsonl \
-        --model switch-base-64 --select-costs moe_sb64.json --project 8 64
+    python benchmarks/paper_table.py --run layers --only switch-base-64/select \
+        --out benchmarks/results/ray_scaleout_sb64_model.jsonl
+    python benchmarks/ray_scaleout.py --whole benchmarks/results/ray_scaleout_sb64_model.jsonl \
+        --model switch-base-64 --project 8 16 64
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -63,45 +66,45 @@ def costs(base: dict) -> SelectCosts:
     return SelectCosts.from_result(base, select_chunk(p["tokens"], p["experts"]) * p["experts"])
 
 
-def whole_model(row: dict, run: dict, workers: list[int]) -> dict:
+def whole_model(row: dict, workers: list[int]) -> dict:
     """PROJECTED whole-model LAN minutes (CPU-based) with each W of ``workers``, and the
-    measured composition's, from a ``--layers 2`` row and a ``bench moe`` run of its MoE
-    layer (see the module's docstring). The row has no per-step figures: the run gives the
-    split of a selection's CPU (expand : products : finish), scaled to the row's own
-    selection CPU (its ``layer1/moe/select`` row, server side), so that everything outside the
-    selections is the row's measurement."""
+    measured composition's, from a ``--layers 2 --strategy select`` row (see the module's
+    docstring): the server's CPU seconds and those in its plain-weight HE products composed by
+    ``compose``, the row's one MoE block's selection steps counted once per MoE block."""
+    if row.get("server_linear_cpu_seconds") is None or "select_leaves" not in row:
+        raise SystemExit(
+            f"the {row['run']} row of {row.get('date')} lacks the server's plain-weight HE "
+            "products' CPU or its selections' steps: rerun it with this code (paper_table.py "
+            "--run layers)"
+        )
     n_layers, moe = PRESET_LAYERS[row["run"]["model"]]
     f = compose(row, n_layers, moe)
-    one, n = costs(run), len(moe)
-    rows = {x["row"]: x["server_cpu_seconds"] for x in row["layers"]}
-    scale = rows["layer1/moe/select"] / (one.products + one.finish)
-    # the rows holding the plain-weight products (the embedding, attention's projections, the
-    # dense FFN, the routers), composed as compose() does: their CPU bounds the products'
-    # from above (they also hold OT steps and the secret × secret products)
-    linear = (
-        rows["embed"]
-        + (n_layers - n) * (rows["layer0/attn"] + rows["layer0/ffn"])
-        + n * (rows["layer1/attn"] + rows["layer1/moe/route"])
+    one, n = SelectCosts.from_result(row, row["select_leaves"]), len(moe)
+    c = dataclasses.replace(
+        one,
+        expand=n * one.expand,
+        products=n * one.products,
+        finish=n * one.finish,
+        server=f["server_cpu"],
+        linear=f["server_linear_cpu"],
     )
-    select = [n * scale * x for x in (one.expand, one.products, one.finish)]
     bw, rtt = PROFILES_BW["lan"]
     net = f["wire"] * 8 / bw + f["rounds"] * rtt / 2
     out = {
         "measured_lan_cpu_min": f["lan_cpu"] / 60,
-        "model_select_row_server_cpu": rows["layer1/moe/select"],
-        "moe_run_select_cpu": one.products + one.finish,
-        "selections_share_of_server_cpu": (select[1] + select[2]) / f["server_cpu"],
-        "plain_weight_rows_server_cpu": linear,
-        "embedded_lan_cpu_min_from_the_model": (f["client_cpu"] + f["server_cpu"] + net) / 60,
+        "server_cpu": c.server,
+        "client_cpu": f["client_cpu"],
+        "selections_server_cpu": c.products + c.finish,
+        "plain_weight_products_server_cpu": c.linear,
+        "link_seconds": net,
     }
-    # the row does not split its plain-weight products' CPU from the rest: the projection is
-    # given for none of the rows' CPU on the workers (an upper bound) and all of it (a bound
-    # from below)
     for w in workers:
-        for name, lin in (("", 0.0), ("_rows_on_workers", linear)):
-            m = project(SelectCosts(one.leaves, *select, f["server_cpu"], lin), w)
-            t = (f["client_cpu"] + m["server_seconds"] + net) / 60
-            out[f"projected_lan_min_{w}_workers{name}"] = t
+        m = project(c, w)
+        out[f"projected_{w}_workers"] = {
+            "lan_min": (f["client_cpu"] + m["server_seconds"] + net) / 60,
+            "worker_cpu": m["worker_cpu"],
+            "coordinator_cpu": m["coordinator_cpu"],
+        }
     return out
 
 
@@ -120,15 +123,15 @@ def main() -> None:
     )
     ap.add_argument("--whole", type=Path, help="PROJECT a whole model from this JSON-lines file")
     ap.add_argument("--model", default="switch-base-64", help="with --whole: the preset")
-    ap.add_argument("--select-costs", type=Path, help="with --whole: a bench moe --json output")
     ap.add_argument("layer", nargs="*", help="bench moe arguments (default: the target)")
     args = ap.parse_args()
     if args.whole:
         rows = [json.loads(x) for x in args.whole.read_text().splitlines() if x.strip()]
         want = {"model": args.model, "strategy": "select", "layers": 2}
-        row = [r for r in rows if r.get("run") == want][-1]
-        run = json.loads(args.select_costs.read_text().strip().splitlines()[-1])
-        print(json.dumps({"PROJECTION": True, **whole_model(row, run, args.project)}, indent=1))
+        mine = [r for r in rows if r.get("run") == want and not r.get("workers")]
+        if not mine:
+            raise SystemExit(f"{args.whole}: no {want} row with the embedded server")
+        print(json.dumps({"PROJECTION": True, **whole_model(mine[-1], args.project)}, indent=1))
         return
     layer = args.layer or LAYER
     runs: list[dict] = []

@@ -9,6 +9,7 @@ weights and inputs, cut to the first block, repeats the same rows byte for byte:
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,9 @@ from secmoe.model.lazy_weights import lazy_random_weights, materialize
 from secmoe.model.weights import BUNDLED_DIR, BUNDLED_NAME, init_random
 
 pytestmark = pytest.mark.timeout(300)
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from ray_scaleout import whole_model  # noqa: E402
 
 SUMMED = ("bytes_c2s", "bytes_s2c", "framing_bytes", "messages")
 
@@ -63,6 +67,50 @@ def test_rows_add_up_to_the_totals(whole: dict) -> None:
     assert {"embed", "layer0", "layer1", "final_norm", "head"} <= set(whole["per_layer"])
     assert set(whole["encode_seconds_per_layer"]) == {"0", "1"}
     assert whole["peak_rss_mb"]["server"] > 0 and whole["estimates"]["wan"] > whole["seconds"]
+
+
+def test_the_servers_plain_weight_products_are_split_by_row(whole: dict) -> None:
+    """``server_linear_cpu_seconds``: positive in the rows with a plain-weight HE product, zero
+    in the norms and the selection, at most the row's server CPU; the rows (and groups, and
+    layers) add up to the total, which is the server's own count (``linear_cpu_seconds``)."""
+    rows = {r["row"]: r for r in whole["layers"]}
+    for row in ("embed", "layer0/attn", "layer0/ffn", "layer1/attn", "layer1/moe/route", "head"):
+        assert 0 < rows[row]["server_linear_cpu_seconds"] <= rows[row]["server_cpu_seconds"], row
+    for row in ("layer0/attn_norm", "layer1/moe/select", "final_norm"):
+        assert rows[row]["server_linear_cpu_seconds"] == 0, row
+    total = whole["server_linear_cpu_seconds"]
+    assert total == pytest.approx(whole["linear_cpu_seconds"], abs=2e-3)
+    for table in (whole["layers"], whole["groups"].values(), whole["per_layer"].values()):
+        assert sum(r["server_linear_cpu_seconds"] for r in table) == pytest.approx(total, abs=2e-3)
+
+
+def test_the_whole_model_projection_composes_the_split(whole: dict) -> None:
+    """``ray_scaleout.py --whole`` on this run (a dense and an MoE block) as the first two
+    blocks of a 12-block Switch model (6 MoE): the plain-weight products' CPU is the run's plus
+    5 × each block's (as ``paper_table.py`` composes every figure), the selections' 6 × the
+    run's one MoE block; with workers the time and the coordinator's CPU are below the single
+    process's. A row without the split (older code) is refused, saying why."""
+    row = {**whole, "run": {"model": "switch-base-8", "strategy": "select", "layers": 2}}
+    row |= {"load_avg_before": [1.0] * 3, "load_avg_after": [1.0] * 3}
+    out = whole_model(row, [2, 4])
+    dense, moe = whole["per_layer"]["layer0"], whole["per_layer"]["layer1"]
+
+    def composed(key: str) -> float:
+        return whole[key] + 5 * (dense[key] + moe[key])
+
+    assert out["plain_weight_products_server_cpu"] == pytest.approx(
+        composed("server_linear_cpu_seconds")
+    )
+    assert out["server_cpu"] == pytest.approx(composed("server_cpu_seconds"))
+    sel = whole["select_products_cpu_seconds"] + whole["select_finish_cpu_seconds"]
+    assert out["selections_server_cpu"] == pytest.approx(6 * sel)
+    for w in (2, 4):
+        m = out[f"projected_{w}_workers"]
+        assert m["lan_min"] < out["measured_lan_cpu_min"]
+        assert m["coordinator_cpu"] < out["server_cpu"]
+    old = {k: v for k, v in row.items() if k != "server_linear_cpu_seconds"}
+    with pytest.raises(SystemExit, match="lacks the server's plain-weight HE products' CPU"):
+        whole_model(old, [2])
 
 
 def test_bytes_depend_only_on_shapes(whole: dict) -> None:
@@ -121,6 +169,7 @@ def test_checkpoint_runs_streamed() -> None:
     assert res["params"]["model"] == "mixtral-lm-tied"
     assert sum(r["bytes_c2s"] + r["bytes_s2c"] for r in res["layers"]) == res["rows_bytes_total"]
     assert res["rows_bytes_total"] == res["bytes_c2s"] + res["bytes_s2c"] > 0
+    assert res["groups"]["MoE experts"]["server_linear_cpu_seconds"] > 0  # dispatch's experts
     n = res["config"]["n_layers"]
     assert set(res["encode_seconds_per_layer"]) == {str(i) for i in range(n)}
 

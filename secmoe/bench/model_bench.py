@@ -19,7 +19,11 @@ flooding budget; the server sends the public config first). What is reported:
   FFN or the MoE's route / experts / dispatch / combine parts; final norm and output) with bytes
   each way, messages, rounds (flights on the critical path), wall seconds, each party's CPU
   seconds and LAN/WAN estimates; ``groups`` and ``per_layer``: the same summed by kind and by
-  layer. Rows add up to the totals (a test checks it).
+  layer. Rows add up to the totals (a test checks it). ``server_linear_cpu_seconds`` (each
+  row, and the total): the part of the server's CPU seconds in the plain-weight HE products
+  (``HEState.linear_seconds``: attention projections, dense FFN, router, the experts of
+  ``all`` and ``dispatch``, …; with ``--workers`` the coordinator's share), what the cost
+  model (:mod:`secmoe.distributed.predict`) moves to the workers;
 - ``peak_rss_mb`` of each party and the load average before and after (times depend on load;
   bytes and rounds do not).
 - with ``select``: the server's ``select_*_seconds`` (the selections' steps, wall and CPU,
@@ -215,29 +219,38 @@ def part_of(path: str) -> tuple[str, str]:
 class Clock:
     """A recorder: per row, the wall and CPU seconds since this party's previous message
     (online phase only), with :meth:`paused` intervals (the server's layer encoding) excluded
-    and totalled apart. Chains to another recorder (a transcript) if given."""
+    and totalled apart; and, given the server's ``HEState.linear_seconds`` (``linear``: its
+    ``cpu`` grows in place as each plain-weight HE product ends, before its reply is sent),
+    the growth of that CPU since the previous message, charged likewise (the part of the row's
+    CPU seconds in plain-weight HE products). Chains to another recorder (a transcript) if
+    given."""
 
-    def __init__(self, inner: Any = None) -> None:
+    def __init__(self, inner: Any = None, linear: dict[str, float] | None = None) -> None:
         self.inner = inner
+        self.he_linear = {} if linear is None else linear
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.linear: dict[str, float] = {}
         self.encode_wall = self.encode_cpu = 0.0
         self.encode_layers: dict[int, float] = {}
         self.start()
 
+    def _now(self) -> tuple[float, float, float]:
+        return time.perf_counter(), time.process_time(), self.he_linear.get("cpu", 0.0)
+
     def start(self) -> None:
         """Start charging from now."""
-        self.last = (time.perf_counter(), time.process_time())
+        self.last = self._now()
 
     def __call__(self, event: dict[str, Any], payload: bytes = b"") -> None:
         if self.inner is not None:
             self.inner(event, payload)
         if event.get("phase", "online") != "online":
             return
-        now = (time.perf_counter(), time.process_time())
+        now = self._now()
         row, _ = part_of(event["path"])
-        self.wall[row] = self.wall.get(row, 0.0) + now[0] - self.last[0]
-        self.cpu[row] = self.cpu.get(row, 0.0) + now[1] - self.last[1]
+        for acc, a, b in zip((self.wall, self.cpu, self.linear), self.last, now, strict=True):
+            acc[row] = acc.get(row, 0.0) + b - a
         self.last = now
 
     @contextlib.contextmanager
@@ -246,7 +259,7 @@ class Clock:
         w0, c0 = time.perf_counter(), time.process_time()
         yield
         dw, dc = time.perf_counter() - w0, time.process_time() - c0
-        self.last = (self.last[0] + dw, self.last[1] + dc)
+        self.last = (self.last[0] + dw, self.last[1] + dc, self.last[2])
         self.encode_wall += dw
         self.encode_cpu += dc
         self.encode_layers[layer] = self.encode_layers.get(layer, 0.0) + dw
@@ -369,7 +382,7 @@ async def _setup(ch: Channel, args: argparse.Namespace) -> dict[str, Any]:
         ch, PRG(), cfg, None, shape, options, union_bits=union_bits, pool=pool
     )
     worker_cpu = pool.cpu_seconds() if p.role == "server" and p.he.pool is not None else None
-    clock = Clock()
+    clock = Clock(linear=p.he.linear_seconds if p.role == "server" else None)
     if p.role == "server":
         encoder = LayerEncoder(p, weights, shape, options, clock)
         weights.layers = StreamedLayers(cfg.n_layers, weights.layers.__getitem__, encoder)  # type: ignore[assignment]
@@ -411,7 +424,12 @@ async def _run(ch: Channel, args: argparse.Namespace, st: dict[str, Any]) -> np.
 
 
 def _row_figures(
-    cell: Counter, wall: float, cpu_c: float, cpu_s: float, rounds: int | None = None
+    cell: Counter,
+    wall: float,
+    cpu_c: float,
+    cpu_s: float,
+    lin_s: float,
+    rounds: int | None = None,
 ) -> dict[str, Any]:
     wire, rounds = cell.bytes_total + cell.framing_total, cell.rounds if rounds is None else rounds
     return {
@@ -423,13 +441,14 @@ def _row_figures(
         "seconds": round(wall, 4),
         "client_cpu_seconds": round(cpu_c, 4),
         "server_cpu_seconds": round(cpu_s, 4),
+        "server_linear_cpu_seconds": round(lin_s, 4),
         **{n: round(pr.estimate(wall, wire, rounds), 4) for n, pr in PROFILES.items()},
     }
 
 
 def layer_table(ch: Channel, client: dict[str, Any], server: dict[str, Any]) -> dict[str, Any]:
     """The per-part rows, their sums by group and by layer, and the totals, from this party's
-    online stats and both parties' clocks (``{"wall", "cpu"}`` per row)."""
+    online stats and both parties' clocks (``{"wall", "cpu", "linear"}`` per row)."""
     rows: dict[str, tuple[str, Counter]] = {}
     for (phase, path), cell in ch.stats.cells.items():
         if phase != "online":
@@ -441,19 +460,19 @@ def layer_table(ch: Channel, client: dict[str, Any], server: dict[str, Any]) -> 
     for row, (group, cell) in rows.items():
         wall = server["wall"].get(row, 0.0)
         cpu_c, cpu_s = client["cpu"].get(row, 0.0), server["cpu"].get(row, 0.0)
+        lin_s = server["linear"].get(row, 0.0)
         layer = row.split("/")[0]
-        out_rows.append({"row": row, "group": group, **_row_figures(cell, wall, cpu_c, cpu_s)})
+        figs = _row_figures(cell, wall, cpu_c, cpu_s, lin_s)
+        out_rows.append({"row": row, "group": group, **figs})
         for key, table in ((group, groups), (layer, per_layer)):
-            acc = table.setdefault(key, [Counter(), 0.0, 0.0, 0.0, 0])
+            acc = table.setdefault(key, [Counter(), 0.0, 0.0, 0.0, 0.0, 0])
             acc[0].merge(cell)
-            acc[1] += wall
-            acc[2] += cpu_c
-            acc[3] += cpu_s
-            acc[4] += cell.rounds
+            for i, x in enumerate((wall, cpu_c, cpu_s, lin_s, cell.rounds), 1):
+                acc[i] += x
         total.merge(cell)
 
     def summed(table: dict[str, list[Any]], add_rounds: bool) -> dict[str, Any]:
-        return {k: _row_figures(*v[:4], v[4] if add_rounds else None) for k, v in table.items()}
+        return {k: _row_figures(*v[:5], v[5] if add_rounds else None) for k, v in table.items()}
 
     return {
         "layers": out_rows,
@@ -494,6 +513,7 @@ async def _check(
     mine = {
         "wall": clock.wall,
         "cpu": clock.cpu,
+        "linear": clock.linear,
         "encode_wall": clock.encode_wall,
         "encode_cpu": clock.encode_cpu,
         "encode_layers": {str(k): v for k, v in clock.encode_layers.items()},
@@ -518,6 +538,7 @@ async def _check(
         },
         "client_cpu_seconds": sum(client["cpu"].values()),
         "server_cpu_seconds": sum(server["cpu"].values()),
+        "server_linear_cpu_seconds": sum(server["linear"].values()),
         "encode_seconds": server["encode_wall"],
         "encode_cpu_seconds": server["encode_cpu"],
         "encode_seconds_per_layer": server["encode_layers"],
