@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .model.config import ModelConfig
+from .model.expert_store import ExpertStore
 from .model.secure import RunOptions, moe_spec
 from .model.weights import ModelWeights, load_bundled, load_weights
 from .net import Channel
@@ -37,9 +38,10 @@ def run_async(coro: Coroutine[Any, Any, Any]) -> Any:
     return uvloop.run(coro)
 
 
-def load_model(path: str) -> ModelWeights:
-    """``bundled`` or a safetensors file / directory."""
-    return load_bundled() if path == "bundled" else load_weights(path)
+def load_model(path: str, experts: ExpertStore | None = None) -> ModelWeights:
+    """``bundled`` or a safetensors file / directory; the experts in ``experts`` if given
+    (:func:`~secmoe.model.weights.load_weights`)."""
+    return load_bundled(experts) if path == "bundled" else load_weights(path, experts=experts)
 
 
 def options_from_args(args: argparse.Namespace) -> RunOptions:

@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -204,3 +205,24 @@ def test_serve_folds_the_norms_where_the_model_allows(capsys):
     bundled = served_weights(parser.parse_args(["serve", "--listen", ":0"]))
     assert not bundled.config.norms_folded
     assert "cannot fold" in capsys.readouterr().err
+
+
+def test_serve_with_workers_keeps_the_experts_in_files(tmp_path, capsys):
+    """With --workers the served model's experts are in an ExpertStore in --expert-dir (loaded
+    and folded there, none of their pages resident), computing what the model in memory
+    computes; a store on a tmpfs is logged as memory."""
+    parser = build_parser()
+    fixture = str(FIXTURES / "mixtral-lm-gqa-swa-untied")
+    argv = ["serve", "--listen", ":0", "--model", fixture, "--workers", "2"]
+    stored = served_weights(parser.parse_args([*argv, "--expert-dir", str(tmp_path)]))
+    memory = served_weights(parser.parse_args(argv[:-2]))
+    assert stored.store is not None and memory.store is None
+    assert stored.store.directory == tmp_path and stored.store.nbytes > 0
+    assert stored.store.resident_bytes() == 0
+    ids = np.array([[3, 17, 5, 9]])
+    np.testing.assert_array_equal(run(stored, ids).output, run(memory, ids).output)
+    assert "file system in memory" not in capsys.readouterr().err
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    if any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in mounts):
+        served_weights(parser.parse_args([*argv, "--expert-dir", "/dev/shm"]))
+        assert "file system in memory" in capsys.readouterr().err

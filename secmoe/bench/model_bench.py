@@ -64,6 +64,7 @@ from ..crypto.prg import PRG
 from ..distributed.predict import add_predict_arg
 from ..distributed.runtime import add_worker_args
 from ..model.config import ModelConfig, preset, preset_names
+from ..model.expert_store import ExpertStore
 from ..model.fixed import run_fixed
 from ..model.fold import FoldError, fold_norms
 from ..model.lazy_weights import StreamedLayers, lazy_random_weights, materialize
@@ -76,7 +77,7 @@ from ..model.session import (
     union_bits_for,
     weights_to_prepare,
 )
-from ..model.weights import Layer, ModelWeights, load_weights
+from ..model.weights import Layer, ModelWeights, MoE, load_weights
 from ..net import Channel
 from ..net.shaping import PROFILES
 from ..net.stats import Counter
@@ -290,6 +291,10 @@ class LayerEncoder:
             options,
             clock,
         )
+        #: With workers, each layer's experts go to files (the coordinator keeps the layers
+        #: the workers' recipes refer to, to resend a restarted worker its shards: in memory
+        #: they would add up to the whole model's experts).
+        self.store = ExpertStore() if self.state.pool is not None else None
         top = dataclasses.replace(weights, layers=[])
         for w, rows in weights_to_prepare(top, shape, options):
             prepare(p, w, rows)
@@ -312,6 +317,8 @@ class LayerEncoder:
         cfg = self.weights.config
         with self.clock.paused(i):
             self._evict()
+            if self.store is not None and isinstance(layer.ffn, MoE):
+                _store_experts(layer.ffn, self.store)
             one = cfg.replace(n_layers=1, moe_layers=(0,) if cfg.is_moe(i) else ())
             view = dataclasses.replace(self.weights, config=one, layers=[layer])
             for w, rows in weights_to_prepare(view, self.shape, self.options):
@@ -320,6 +327,16 @@ class LayerEncoder:
                 f, rows = layer.ffn, self.shape[0] * self.shape[1]
                 prepare_select(self.p, [m for m in (f.w1, f.v) if m is not None], rows)
                 prepare_select(self.p, [f.w2], rows)
+            if self.store is not None:
+                self.store.release()
+
+
+def _store_experts(ffn: MoE, store: ExpertStore) -> None:
+    """Move an MoE layer's expert stacks into ``store`` (the layer is the one the run uses:
+    the workers' recipes then refer to the files, not to memory)."""
+    for m in ("w1", "v", "w2"):
+        if getattr(ffn, m) is not None:
+            setattr(ffn, m, store.copy(getattr(ffn, m)))
 
 
 def _server_weights(args: argparse.Namespace, cfg: ModelConfig) -> ModelWeights:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -16,6 +17,7 @@ from rich.console import Console
 from ..app import APP_PARAMS, load_model, log, mb, peer, release_memory, rss_bytes, run_async
 from ..bench.runner import instrument, tls_from_args
 from ..distributed.runtime import add_worker_args, check_worker_args, server_pool
+from ..model.expert_store import ExpertStore
 from ..model.fold import FoldError, fold_norms
 from ..model.generate import GENERATE, serve_generate
 from ..model.session import (
@@ -134,6 +136,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "is ever sent)",
     )
     add_worker_args(p)
+    p.add_argument(
+        "--expert-dir",
+        metavar="DIR",
+        help="with --workers: keep the experts' float weights in anonymous files in DIR, "
+        "mapped, and drop them from memory once the workers hold them (read back for a worker "
+        "that restarts); DIR needs the experts' float32 bytes free, on a disk, not a tmpfs "
+        "(default: the system's temporary directory)",
+    )
     add_shaping_arg(p, "shape what this side sends")
     p.add_argument(
         "--accept-timeout",
@@ -148,16 +158,42 @@ def check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.queue < 0:
         parser.error(f"--queue must be at least 0, got {args.queue}")
     check_worker_args(parser, args)
+    if args.expert_dir is not None and not args.workers:
+        parser.error("--expert-dir is where the coordinator of --workers N keeps the experts")
+    if args.expert_dir is not None and not Path(args.expert_dir).is_dir():
+        parser.error(f"--expert-dir {args.expert_dir}: not a directory")
 
 
 def run(args: argparse.Namespace) -> None:
     run_async(_serve(args))
 
 
+def expert_store(args: argparse.Namespace) -> ExpertStore | None:
+    """With ``--workers``, where the coordinator keeps the experts' float weights (it only
+    reads them to send them to the workers): files in ``--expert-dir``; else None (memory)."""
+    if not args.workers:
+        return None
+    store = ExpertStore(args.expert_dir)
+    if store.in_memory:
+        log(
+            f"the experts' float weights go to {store.directory}, a file system in memory: "
+            "they take memory there (--expert-dir DIR on a disk frees it)"
+        )
+    return store
+
+
 def served_weights(args: argparse.Namespace) -> ModelWeights:
     """The model as served: with the norms' γ folded into the following weights unless
-    ``--no-fold-norms`` or the model does not allow it (logged with the reason)."""
-    weights = load_model(args.model)
+    ``--no-fold-norms`` or the model does not allow it (logged with the reason); with
+    ``--workers``, its experts in an :class:`~secmoe.model.expert_store.ExpertStore`, not in
+    memory."""
+    weights = _folded(args, load_model(args.model, expert_store(args)))
+    if weights.store is not None:
+        weights.store.release()  # what loading and folding read and wrote
+    return weights
+
+
+def _folded(args: argparse.Namespace, weights: ModelWeights) -> ModelWeights:
     if not args.fold_norms:
         return weights
     try:
@@ -191,7 +227,7 @@ async def _listen(args: argparse.Namespace, weights: ModelWeights) -> None:
     )
     log(
         f"serving {weights.config.name} on {host}:{lst.port}: {args.max_sessions} session(s) at "
-        f"a time, {args.queue} may wait (RSS {mb(rss_bytes())})"
+        f"a time, {args.queue} may wait (RSS {mb(rss_bytes())}{_experts_note(weights)})"
     )
     # side by side, sessions log plain lines (one live terminal display at a time)
     console = Console(stderr=True, force_terminal=False) if args.max_sessions > 1 else None
@@ -220,6 +256,16 @@ async def _listen(args: argparse.Namespace, weights: ModelWeights) -> None:
         await lst.close()
 
 
+def _experts_note(weights: ModelWeights) -> str:
+    """Where the experts' float weights are, for the log: nothing when in memory."""
+    store = weights.store
+    if store is None:
+        return ""
+    resident = store.resident_bytes()
+    held = "" if resident is None else f", {mb(resident)} of them resident"
+    return f"; the experts' {mb(store.nbytes)} mapped from files in {store.directory}{held}"
+
+
 async def _session(
     args: argparse.Namespace,
     weights: ModelWeights,
@@ -241,7 +287,10 @@ async def _session(
         lst.release()
     del ch  # nothing of the session stays referenced (its error's traceback holds it)
     release_memory()
-    log(f"{name}: {outcome} (RSS {mb(before)} before, {mb(rss_bytes())} after)")
+    log(
+        f"{name}: {outcome} (RSS {mb(before)} before, {mb(rss_bytes())} after"
+        f"{_experts_note(weights)})"
+    )
 
 
 async def _serve_one(

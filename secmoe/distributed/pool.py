@@ -32,13 +32,14 @@ Ciphertexts cross between the coordinator and its workers as uncompressed residu
 **State.** Each worker holds its shard of every prepared layer (laid out from the integer
 weights it is sent once: the coordinator keeps no encoded weights, only the recipe — a
 reference to the float weights the caller holds — to send a shard again to a worker that
-restarted), one SEAL context per parameter set, and the Galois keys of each open session for
-each parameter set (the client's serialized keys, sent once per session). With a budget
-(``max_bytes``, ``--max-encoded-gb``) a worker refuses, before laying it out, a shard that
-would take its encoded weights past it (:class:`~secmoe.distributed.worker.OverBudget`,
-naming the worker and the gigabytes; the layer is then not prepared). Pickle only carries
-numpy arrays, bytes and plans between the coordinator and its own workers (Ray's transport),
-never to the client.
+restarted; ``secmoe serve`` and ``bench model`` hold the experts' float weights in a
+:class:`~secmoe.model.expert_store.ExpertStore`, files mapped but not resident), one SEAL
+context per parameter set, and the Galois keys of each open session for each parameter set (the
+client's serialized keys, sent once per session). With a budget (``max_bytes``,
+``--max-encoded-gb``) a worker refuses, before laying it out, a shard that would take its
+encoded weights past it (:class:`~secmoe.distributed.worker.OverBudget`, naming the worker and
+the gigabytes; the layer is then not prepared). Pickle only carries numpy arrays, bytes and
+plans between the coordinator and its own workers (Ray's transport), never to the client.
 
 **Faults.** Every wait on a worker has a deadline (``timeout``); a worker that dies or does not
 answer fails the call with :class:`WorkerLost` ("server worker lost: …"), which the session

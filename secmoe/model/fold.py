@@ -42,6 +42,7 @@ import numpy as np
 from ..crypto.ring import DEFAULT_RING
 from ..ops.linear import W_BITS
 from .config import ModelConfig
+from .expert_store import ExpertStore
 from .lazy_weights import StreamedLayers
 from .weights import Layer, ModelWeights, MoE, Norm
 
@@ -64,15 +65,30 @@ def norm_weighted(cfg: ModelConfig, which: str) -> bool:
     return which == "final" and cfg.head == "none"
 
 
-def _scaled(gamma: np.ndarray, w: np.ndarray, name: str, problems: list[str]) -> np.ndarray:
-    """diag(γ)·W for W (…, d, out) (experts stacked in front), in W's dtype; a weight beyond
-    the HE linear layers' public bound is reported in ``problems``."""
+def _scaled(
+    gamma: np.ndarray,
+    w: np.ndarray,
+    name: str,
+    problems: list[str],
+    store: ExpertStore | None = None,
+) -> np.ndarray:
+    """diag(γ)·W for W (…, d, out) (experts stacked in front), in W's dtype, one matrix at a
+    time (an expert stack: in ``store`` if given, each matrix dropped from memory once
+    written); a weight beyond the HE linear layers' public bound is reported in
+    ``problems``."""
     g = np.asarray(gamma, np.float64)[:, None]
-    out = (g * np.asarray(w, np.float64)).astype(w.dtype)
+    out = np.empty_like(w) if store is None else store.empty(w.shape, w.dtype)
+    top = 0.0
+    for i in np.ndindex(w.shape[:-2]):  # each expert's matrix (or the one matrix)
+        out[i] = g * np.asarray(w[i], np.float64)  # rounded to W's dtype as it is stored
+        top = max(top, float(np.abs(out[i]).max(initial=0.0)))
+        if store is not None:
+            store.drop(out[i])
+            store.drop(w[i])
     f = DEFAULT_RING.frac_bits
-    if out.size and np.rint(np.abs(out).max() * 2.0**f) >= 2.0 ** (W_BITS - 1):
+    if out.size and np.rint(top * 2.0**f) >= 2.0 ** (W_BITS - 1):
         problems.append(
-            f"{name}: γ·W reaches {np.abs(out).max():.4g}, beyond the HE linear layers' "
+            f"{name}: γ·W reaches {top:.4g}, beyond the HE linear layers' "
             f"bound |W| < 2^{W_BITS - 1 - f}"
         )
     return out
@@ -86,7 +102,8 @@ def _identity(n: Norm, name: str, problems: list[str], bias_ok: bool = False) ->
     return Norm(np.ones_like(n.weight), bias)
 
 
-def _fold_layer(i: int, layer: Layer) -> Layer:
+def _fold_layer(i: int, layer: Layer, store: ExpertStore | None = None) -> Layer:
+    """Layer i with its norms folded; the MoE's folded expert stacks go to ``store``."""
     problems: list[str] = []
     pre = f"layers.{i}"
     g = layer.attn_norm.weight
@@ -95,12 +112,13 @@ def _fold_layer(i: int, layer: Layer) -> Layer:
         a, **{k: _scaled(g, getattr(a, k), f"{pre}.attn.{k}", problems) for k in ("wq", "wk", "wv")}
     )
     g, ffn = layer.ffn_norm.weight, layer.ffn
-    keys = ("router", "w1", "v") if isinstance(ffn, MoE) else ("w1", "v")
-    new = {
-        k: _scaled(g, getattr(ffn, k), f"{pre}.ffn.{k}", problems)
-        for k in keys
-        if getattr(ffn, k) is not None
-    }
+    moe = isinstance(ffn, MoE)
+    keys = ("router", "w1", "v") if moe else ("w1", "v")
+    new = {}
+    for k in keys:
+        if (w := getattr(ffn, k)) is not None:
+            stack = store if moe and k != "router" else None
+            new[k] = _scaled(g, w, f"{pre}.ffn.{k}", problems, stack)
     out = Layer(
         _identity(layer.attn_norm, f"{pre}.attn_norm", problems),
         attn,
@@ -115,7 +133,9 @@ def _fold_layer(i: int, layer: Layer) -> Layer:
 def fold_norms(weights: ModelWeights) -> ModelWeights:
     """New weights computing the same function, with every foldable norm's γ (module
     docstring) moved into the following weights, those norms' γ = 1 (β = 0) and the config's
-    ``norms_folded`` set; ``weights`` is not modified. Streamed layers
+    ``norms_folded`` set; ``weights`` is not modified (the experts of weights in an
+    :class:`~secmoe.model.expert_store.ExpertStore` are folded into new arrays there, one
+    matrix at a time). Streamed layers
     (:class:`~secmoe.model.lazy_weights.StreamedLayers`) stay streamed: each layer is folded
     when accessed (its hook sees the folded layer), so a problem in one surfaces then.
 
@@ -144,7 +164,7 @@ def fold_norms(weights: ModelWeights) -> ModelWeights:
         folded = []
         for i, layer in enumerate(layers):
             try:
-                folded.append(_fold_layer(i, layer))
+                folded.append(_fold_layer(i, layer, weights.store))
             except FoldError as e:
                 problems.append(str(e))
     if problems:

@@ -286,7 +286,9 @@ def prepare_weights(
 ) -> None:
     """Server, setup: encode every weight product of a forward pass of batch shape (B, T)
     into the party's HE cache (:func:`secmoe.ops.linear.prepare`, and the experts' layouts for
-    ``select``): the products then run without encoding, for every batch of that shape."""
+    ``select``): the products then run without encoding, for every batch of that shape.
+    Experts in an :class:`~secmoe.model.expert_store.ExpertStore` are dropped from memory
+    after (the workers hold them encoded; the file, for a worker that restarts)."""
     cfg, rows = weights.config, shape[0] * shape[1]
     for w, r in weights_to_prepare(weights, shape, options):
         prepare(p, w, r)
@@ -298,6 +300,8 @@ def prepare_weights(
     if options.strategy == "all" and shape[1] == 1:  # a decoding step's fused products
         for i in cfg.moe_layers:
             prepare_all_step(p, weights.layers[i].ffn, moe_spec(cfg, options), rows)
+    if weights.store is not None:  # what was read to lay out the workers' shards
+        weights.store.release()
 
 
 #: The session kind of a request that names none: inference of batches of inputs.

@@ -48,6 +48,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from secmoe.model.config import ModelConfig, preset
+from secmoe.model.expert_store import ExpertStore
 from secmoe.model.hf_names import (
     Layout,
     Slot,
@@ -158,6 +159,10 @@ class ModelWeights:
     rel_bias: np.ndarray | None = None  # (buckets, n_heads), shared by all layers
     head: np.ndarray | None = None  # (d, out)
     head_bias: np.ndarray | None = None  # (out,)
+    #: Where the MoE layers' expert stacks live: None, in memory; an :class:`ExpertStore`, in
+    #: its files, mapped (:func:`load_weights`'s ``experts``; :func:`~secmoe.model.fold.
+    #: fold_norms` writes the folded experts there too).
+    store: ExpertStore | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -310,6 +315,7 @@ def load_weights(
     path: str | os.PathLike,
     config: ModelConfig | str | None = None,
     ignore: Sequence[str] | None = None,
+    experts: ExpertStore | None = None,
 ) -> ModelWeights:
     """Load a checkpoint: a ``.safetensors`` file or a directory of shards.
 
@@ -321,6 +327,11 @@ def load_weights(
     decoder and tied embedding copy, an lm head the config does not use or ties). With
     ``tie_word_embeddings`` the head is the embedding. Raises :class:`WeightsError` naming
     every missing, unexpected or misshapen tensor with expected and found shapes.
+
+    ``experts``: the MoE layers' expert stacks go to this store's files instead of memory
+    (the server with workers, which only reads them to send them: :mod:`~secmoe.model.
+    expert_store`), each dropped from memory once written: the checkpoint is read one tensor
+    at a time, so memory never holds more of the experts than one checkpoint tensor.
     """
     path = Path(path)
     files, meta = _open_all(path)
@@ -343,7 +354,15 @@ def load_weights(
     by_file: dict[Path, list[Slot]] = {}
     for s in todo:
         by_file.setdefault(found[s.hf][0], []).append(s)
-    w = _build(cfg, lambda key, shape: np.empty(shape, np.float32))
+    stacked = {f"layers.{i}.ffn.{m}" for i in cfg.moe_layers for m in ("w1", "w2", "v")}
+
+    def empty(key: str, shape: tuple[int, ...]) -> np.ndarray:
+        if experts is not None and key in stacked:
+            return experts.empty(shape, np.float32)
+        return np.empty(shape, np.float32)
+
+    w = _build(cfg, empty)
+    w.store = experts
     for f, group in by_file.items():
         with safe_open(str(f), framework="np") as h:
             last: tuple[str, np.ndarray] | None = None  # a fused tensor feeds two slots in a row
@@ -352,7 +371,10 @@ def load_weights(
                     a = _read_tensor(h, f, source.get(s.hf, s.hf)).astype(np.float32, copy=False)
                     last = (s.hf, a)
                 dst = _get(w, s.key)
-                (dst if s.expert is None else dst[s.expert])[...] = s.to_internal(last[1])
+                dst = dst if s.expert is None else dst[s.expert]
+                dst[...] = s.to_internal(last[1])
+                if experts is not None:  # written to its file: not kept in memory
+                    experts.drop(dst)
     return w
 
 
@@ -402,9 +424,10 @@ def init_and_save(
 # --------------------------------------------------------------------------------------------
 
 
-def load_bundled() -> ModelWeights:
-    """The bundled trained digits model (``secmoe/model/bundled/``)."""
-    return load_weights(BUNDLED_DIR / f"{BUNDLED_NAME}.safetensors")
+def load_bundled(experts: ExpertStore | None = None) -> ModelWeights:
+    """The bundled trained digits model (``secmoe/model/bundled/``); its experts in
+    ``experts`` if given."""
+    return load_weights(BUNDLED_DIR / f"{BUNDLED_NAME}.safetensors", experts=experts)
 
 
 def load_heldout() -> tuple[np.ndarray, np.ndarray]:
