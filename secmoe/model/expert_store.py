@@ -14,8 +14,10 @@ and a restarted worker's experts are read back from the file when they are sent 
 
 Each file is anonymous (``tempfile.TemporaryFile``: ``O_TMPFILE``, or unlinked at once where
 that is missing): nothing is left on disk when the process ends, however it ends. The files
-take the experts' float32 bytes on the store's disk (~14 GB for switch-base-128); on a
-``tmpfs`` they would be memory again, which :attr:`ExpertStore.in_memory` tells.
+take the experts' float32 bytes on the store's disk (~14 GB for switch-base-128), reserved when
+each is made (``posix_fallocate``: a disk without room is an :class:`ExpertStoreFull` error
+then, not a crash when a page is written); on a ``tmpfs`` they would be memory again, which
+:attr:`ExpertStore.in_memory` tells.
 
 The weights are the server's own plaintext model; the files are readable by the server's user
 only (``TemporaryFile`` creates them with mode 0600) and have no name another process could
@@ -27,13 +29,14 @@ from __future__ import annotations
 import math
 import mmap
 import os
+import shutil
 import tempfile
 import weakref
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ExpertStore"]
+__all__ = ["ExpertStore", "ExpertStoreFull"]
 
 #: File systems whose files are memory.
 _MEMORY_FS = ("tmpfs", "ramfs")
@@ -58,6 +61,10 @@ def _filesystem(path: Path) -> str | None:
     return kind
 
 
+class ExpertStoreFull(OSError):
+    """The store's directory has no room for an array (said before anything is written)."""
+
+
 class ExpertStore:
     """Arrays backed by anonymous files in ``directory`` (default: the system's temporary
     directory), each mapped into this process; :meth:`release` drops their pages from it."""
@@ -78,7 +85,15 @@ class ExpertStore:
         if size == 0:
             return np.empty(shape, dtype)
         with tempfile.TemporaryFile(dir=self.directory) as f:
-            f.truncate(size)
+            try:  # the blocks reserved now: a full disk later would kill the process (SIGBUS)
+                os.posix_fallocate(f.fileno(), 0, size)
+            except OSError as exc:
+                free = shutil.disk_usage(self.directory).free
+                raise ExpertStoreFull(
+                    f"expert store: {size / 1e9:.3g} GB of expert weights do not fit in "
+                    f"{self.directory} ({free / 1e9:.3g} GB free: {exc.strerror}); give a "
+                    "directory with room (serve --expert-dir DIR)"
+                ) from None
             mm = mmap.mmap(f.fileno(), size)  # the mapping keeps the file when f is closed
         arr = np.frombuffer(mm, dtype).reshape(shape)
         self._maps = [m for m in self._maps if m[0]() is not None]

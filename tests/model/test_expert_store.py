@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from secmoe.cli import main
-from secmoe.model.expert_store import ExpertStore
+from secmoe.model.expert_store import ExpertStore, ExpertStoreFull
 from secmoe.model.fold import fold_norms
 from secmoe.model.weights import ModelWeights, load_weights
 from tests.hf_helpers import hf_case
@@ -53,6 +53,16 @@ def test_arrays_live_in_anonymous_files_and_release_keeps_their_values(tmp_path)
     del a, b
     gc.collect()
     assert store.nbytes == 0  # a freed array's file goes with it
+
+
+def test_an_array_that_does_not_fit_is_refused_before_anything_is_written(tmp_path):
+    """The blocks are reserved when the array is made: past what the file system takes (here
+    100 TB, beyond ext4's largest file), a one-line error naming the directory, not a SIGBUS
+    when a page is written later."""
+    store = ExpertStore(tmp_path)
+    with pytest.raises(ExpertStoreFull, match=f"do not fit in {tmp_path}"):
+        store.empty((10**14,), np.uint8)
+    assert store.nbytes == 0 and list(tmp_path.iterdir()) == []
 
 
 def test_a_store_needs_a_writable_directory_and_says_when_it_is_memory(tmp_path):
