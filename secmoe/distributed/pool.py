@@ -2,18 +2,24 @@
 weights and the plain-weight products' weight blocks — and compute the HE products on them;
 the coordinator (the process that talks to the client) combines their results.
 
-**Selection** (:mod:`secmoe.protocols.he_select`). The coordinator adds its shares to the
-client's ciphertexts (step 2a/2b), sends every worker the one-hot ciphertext [[t]]
-(coefficient form) and the inputs' c0, c1 (NTT form) as numpy arrays, and each worker w
-returns, per output block (m, c) as it is done, its accumulators
+**Selection** (:mod:`secmoe.protocols.he_select`). The workers form a grid of A expert
+groups × B = W/A output-block groups (:func:`expert_groups`: A = W up to 8 workers, then the
+largest divisor of W up to :data:`MAX_EXPERT_GROUPS`): worker w holds the experts
+S_w = {j : j ≡ w (mod A)} of the output blocks o ≡ ⌊w/A⌋ (mod B) (every (expert, block) once,
+so each worker holds 1/W of the layout). The coordinator adds its shares to the client's
+ciphertexts (step 2a/2b), sends every worker the one-hot ciphertext [[t]] (coefficient form)
+and the inputs' c0, c1 (NTT form) as numpy arrays, and each worker w returns, per output
+block (m, c) it holds as it is done, its accumulators
 Σ_b (Σ_{j∈S_w} [[t_kj]]·Ŵ_j,m[b, c]) ⊗ (x0, x1)[k, b]. The tensor product is bilinear, so
-the coordinator's sum over workers is exactly the embedded server's accumulator (bit for bit:
-every step is exact arithmetic mod q); the coordinator then switches, relinearizes, packs,
-re-randomizes and floods as the embedded server does. Experts are strided,
-S_w = {j : j ≡ w (mod W)}: the expansion splits on the low bits of the leaf index i = k·E + j
-first, so when W divides E a worker expands only its own subtree (T·E/W − 1 automorphisms
-plus log2 W on the path to it) instead of anyone expanding all T·E leaves; for other W the
-pruning still skips every node with no leaf of the worker's.
+the coordinator's sum over the block's A workers is exactly the embedded server's
+accumulator (bit for bit: every step is exact arithmetic mod q); the coordinator then
+switches, relinearizes, packs, re-randomizes and floods as the embedded server does. It
+receives and sums A accumulators per block whatever W: past 8 workers, more workers split the
+blocks instead of adding streams to its sums. Experts are strided: the expansion splits on
+the low bits of the leaf index i = k·E + j first, so when A divides E a worker expands only
+its expert group's subtree (T·E/A − 1 automorphisms plus log2 A on the path to it) instead of
+anyone expanding all T·E leaves; for other A the pruning still skips every node with no leaf
+of the worker's.
 
 **Plain-weight products** (:mod:`secmoe.protocols.he_linear`: the dense layers, the router,
 the experts of ``all`` and ``dispatch``). Worker w holds the weight blocks of a contiguous
@@ -76,6 +82,9 @@ __all__ = ["DEFAULT_TIMEOUT", "ExpertPool", "LocalPool", "PoolSession", "RayPool
 
 #: Seconds the coordinator waits for any one answer of a worker.
 DEFAULT_TIMEOUT = 600.0
+#: The most expert groups of a selection (:func:`expert_groups`): past it, more workers split
+#: the output blocks instead, so the coordinator sums at most this many accumulators per block.
+MAX_EXPERT_GROUPS = 8
 
 IntsOf = Callable[[Sequence[int]], list[list[np.ndarray]]]
 
@@ -84,17 +93,31 @@ class WorkerLost(ConnectionError):
     """A worker died or did not answer in time; the session that needed it fails."""
 
 
+def expert_groups(workers: int, experts: int) -> int:
+    """A, the expert groups of a selection over ``experts`` experts on ``workers`` workers:
+    the largest divisor of W that is at most :data:`MAX_EXPERT_GROUPS` and E. The workers
+    form an A × (W/A) grid: worker w holds the experts j ≡ w (mod A) of the output blocks
+    o ≡ ⌊w/A⌋ (mod W/A) (:meth:`ExpertPool.experts`, :meth:`ExpertPool.outputs`)."""
+    return max(
+        a for a in range(1, min(workers, experts, MAX_EXPERT_GROUPS) + 1) if workers % a == 0
+    )
+
+
 @dataclass
 class _SelectShard:
-    """Recipe of a selection layer: worker w gets the integer weights of its experts."""
+    """Recipe of a selection layer: worker w gets the integer weights of its experts, for its
+    output blocks (none: no call)."""
 
     plan: SelectPlan
     ints_of: IntsOf
     skip: bool
 
     def load_call(self, pool: ExpertPool, w: int, shared: dict) -> tuple[str, tuple] | None:
+        outputs = pool.outputs(w, self.plan)
+        if not outputs:
+            return None
         ids = pool.experts(w, self.plan.e)
-        return "load_shard", (self.plan, ids, self.ints_of(ids), self.skip)
+        return "load_shard", (self.plan, ids, outputs, self.ints_of(ids), self.skip)
 
 
 @dataclass
@@ -130,8 +153,8 @@ class _LinearShard:
 
 
 class ExpertPool:
-    """W workers, each holding the experts j ≡ w (mod W) of every prepared selection layer and
-    its range of products of every prepared plain-weight product.
+    """W workers, each holding its experts and output blocks of every prepared selection
+    layer (:meth:`grid`) and its range of products of every prepared plain-weight product.
 
     Subclasses provide the transport: :meth:`_call` (a method call with a deadline),
     :meth:`_stream` (a generator method's items, each with a deadline), and where they can do
@@ -141,12 +164,20 @@ class ExpertPool:
     """
 
     def __init__(
-        self, workers: int, timeout: float = DEFAULT_TIMEOUT, max_bytes: int | None = None
+        self,
+        workers: int,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_bytes: int | None = None,
+        groups: int | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"a pool needs at least one worker, got {workers}")
         if max_bytes is not None and max_bytes <= 0:
             raise ValueError(f"a worker's encoded-weight budget must be positive, got {max_bytes}")
+        if groups is not None and (groups < 1 or workers % groups):
+            raise ValueError(f"{groups} expert groups do not divide {workers} workers")
+        #: A, the expert groups of every selection (None: :func:`expert_groups`' choice).
+        self.groups = groups
         self.workers, self.timeout = workers, timeout
         #: Each worker's budget of encoded weights in bytes (None: no limit).
         self.max_bytes = max_bytes
@@ -182,9 +213,21 @@ class ExpertPool:
         """Stop the workers."""
 
     # --- sessions and shards ---------------------------------------------------------------
+    def grid(self, e: int) -> tuple[int, int]:
+        """(A, B): a selection over E experts has A expert groups × B = W/A output-block
+        groups (:func:`expert_groups`, or the pool's ``groups``)."""
+        a = self.groups or expert_groups(self.workers, e)
+        return a, self.workers // a
+
     def experts(self, w: int, e: int) -> list[int]:
-        """Worker w's experts among E (strided)."""
-        return list(range(w, e, self.workers))
+        """Worker w's experts among E (strided: its expert group's, j ≡ w (mod A))."""
+        return list(range(w % self.grid(e)[0], e, self.grid(e)[0]))
+
+    def outputs(self, w: int, plan: SelectPlan) -> list[int]:
+        """Worker w's output blocks of a selection (indices into ``plan.outputs``: its block
+        group's, o ≡ ⌊w/A⌋ (mod B))."""
+        a, b = self.grid(plan.e)
+        return list(range(w // a, len(plan.outputs), b))
 
     def session(self, he: ServerHE | Sequence[ServerHE], owner: object) -> PoolSession:
         """Open a session on the workers with the client's Galois keys of each parameter set
@@ -240,9 +283,10 @@ class ExpertPool:
 
     def load(self, key: tuple, plan: SelectPlan, ints_of: IntsOf, skip: bool) -> str:
         """Send each worker its experts' integer weights (``ints_of(experts)``: per expert, its
-        d×h_m matrices) laid out for ``plan``, unless it has them; returns the shard's id."""
-        if plan.e < self.workers:
-            raise ValueError(f"{self.workers} workers for {plan.e} experts: use at most E")
+        d×h_m matrices) laid out for ``plan`` and its output blocks, unless it has them;
+        returns the shard's id."""
+        if self.grid(plan.e)[0] > plan.e:
+            raise ValueError(f"{self.grid(plan.e)[0]} expert groups for {plan.e} experts")
         return self._load(("select", key, plan.wire(), skip), _SelectShard(plan, ints_of, skip))
 
     def _load(self, name: tuple, recipe: _SelectShard | _LinearShard) -> str:
@@ -260,18 +304,22 @@ class ExpertPool:
     def products(
         self, sid: str, shard: str, root: np.ndarray, x0: np.ndarray, x1: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Per output block, the workers' accumulators summed: ``(present (T,), acc)``
-        (``acc`` is valid until the next block is asked for: its buffer is reused)."""
+        """Per output block, the accumulators of the workers that hold it (its block group's
+        A workers) summed: ``(present (T,), acc)`` (``acc`` is valid until the next block is
+        asked for: its buffer is reused)."""
         plan = self._recipes[shard].plan
         self._sync()
         args = (sid, shard, self._share(root), self._share(x0), self._share(x1))
-        streams = [self._stream(w, "products", *args) for w in range(self.workers)]
+        groups, blocks = self.grid(plan.e)
+        holders = [w for w in range(self.workers) if self.outputs(w, plan)]
+        streams = {w: self._stream(w, "products", *args) for w in holders}
         q = np.array(params_for(plan.params).primes[: plan.level], dtype=np.uint64)[:, None]
         total = diff = None  # buffers for every block's sum (fresh ones cost page faults)
         try:
-            for _ in plan.outputs:
-                present, acc = next(streams[0])
-                for s in streams[1:]:
+            for o in range(len(plan.outputs)):
+                group = [streams[g + groups * (o % blocks)] for g in range(groups)]
+                present, acc = next(group[0])
+                for s in group[1:]:
                     p, a = next(s)
                     present = present | p  # a worker's accumulator is zero where absent
                     if total is None:
@@ -281,7 +329,7 @@ class ExpertPool:
                     np.minimum(acc, np.subtract(acc, q, out=diff), out=acc)
                 yield present, acc
         finally:  # on failure too: the other workers' streams are cancelled, not left running
-            for s in streams:
+            for s in streams.values():
                 s.close()
 
     def linear_parts(self, sid: str, shard: str, inputs: np.ndarray) -> Iterator[np.ndarray | None]:
@@ -345,9 +393,13 @@ class LocalPool(ExpertPool):
     measuring each shard's work alone)."""
 
     def __init__(
-        self, workers: int, timeout: float = DEFAULT_TIMEOUT, max_bytes: int | None = None
+        self,
+        workers: int,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_bytes: int | None = None,
+        groups: int | None = None,
     ) -> None:
-        super().__init__(workers, timeout, max_bytes)
+        super().__init__(workers, timeout, max_bytes, groups)
         self.members = [ShardWorker(w, max_bytes) for w in range(workers)]
 
     def _call(self, w: int, method: str, *args: Any) -> Any:
@@ -381,8 +433,9 @@ class RayPool(ExpertPool):
         address: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         max_bytes: int | None = None,
+        groups: int | None = None,
     ) -> None:
-        super().__init__(workers, timeout, max_bytes)
+        super().__init__(workers, timeout, max_bytes, groups)
         ray = self.ray = _ray()
         self.owns_runtime = not ray.is_initialized()
         if self.owns_runtime:

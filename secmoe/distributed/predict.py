@@ -12,13 +12,16 @@ coordinator.
 
 **Model** for W workers (what the code does, :mod:`secmoe.distributed.pool`):
 
-- *selection*: a worker expands only its subtree of each selection's T·E leaves (W dividing
-  E): ``expand · (T·E/W − 1 + log2 W) / (T·E − 1)``; then it does 1/W of the selection and
-  tensor products and streams one accumulator per output block, at a transfer cost
-  ``worker · finish`` (one set of accumulators per worker whatever W: the count of products
-  the finish handles, hence in units of it); the coordinator finishes the sums (``finish``)
-  plus ``coordinator + coordinator_sum · (W − 1)`` times ``finish`` (receiving the W streams,
-  summing W − 1 of them), one output block while the workers compute the next.
+- *selection*: the workers form a grid of A expert groups × W/A output-block groups (A the
+  largest divisor of W up to 8, :func:`~secmoe.distributed.pool.expert_groups`; A = W up to 8
+  workers). A worker expands only its expert group's subtree of each selection's T·E leaves
+  (A dividing E): ``expand · (T·E/A − 1 + log2 A) / (T·E − 1)``; then it does 1/W of the
+  selection and tensor products and streams one accumulator per output block it holds (A/W of
+  them), at a transfer cost ``worker · finish · A/W`` (a whole set of accumulators is the
+  count of products the finish handles, hence in units of it); the coordinator finishes the
+  sums (``finish``) plus ``coordinator + coordinator_sum · (A − 1)`` times ``finish``
+  (receiving A streams per block, summing A − 1 of them), one output block while the workers
+  compute the next.
 - *plain-weight products*: the workers compute and pack them (1/W each, plus
   ``linear_worker · linear``); the coordinator keeps ``linear_coordinator · linear`` (adding
   its share to the inputs, the top merges, masking, flooding, switching, receiving).
@@ -35,11 +38,12 @@ worker's and the coordinator's process) for the selection terms, ``--strategy al
 for the plain-weight terms; the figures are in ``benchmarks/results/ray_scaleout.jsonl``
 and the README's "Scale-out on Ray" (validation: the CPU seconds of each process within 3 %
 in sample, 8 % out of sample; the server's wall time of clean W = 1 and 2 runs on this
-machine's 2 cores within 1-4 %). How the terms grow past W = 2 is an assumption (linear in W
-for the coordinator's sums, constant per worker), so larger W are **projections**, for a fast
-link between the coordinator and its workers: not measurements. With these terms the
-coordinator's sums of W streams become the floor past ~8 workers (the model shows what the
-code does, not the design's limit).
+machine's 2 cores within 1-4 %). How the terms grow past W = 2 is an assumption (linear in A
+for the coordinator's sums, in the blocks held for a worker's transfer), so larger W are
+**projections**, for a fast link between the coordinator and its workers: not measurements.
+Past 8 workers the coordinator's share stays that of 8 expert groups; what is left to it (the
+finish, the rest) is then the floor, and each worker's expansion stays that of 1/8 of the
+tree.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ import argparse
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from .pool import MAX_EXPERT_GROUPS, expert_groups
 
 __all__ = [
     "MEASURED_TRANSFER",
@@ -130,23 +136,30 @@ def shared_makespan(works: list[float], cores: float) -> float:
 
 
 def project(
-    c: SelectCosts, workers: int, transfer: Transfer = MEASURED_TRANSFER, cores: float = 0
+    c: SelectCosts,
+    workers: int,
+    transfer: Transfer = MEASURED_TRANSFER,
+    cores: float = 0,
+    groups: int | None = None,
 ) -> dict:
     """The PROJECTED seconds with ``workers`` workers (model in the module's docstring) on
-    ``cores`` cores (0: W + 1, one each): ``worker_cpu`` (each worker), ``coordinator_cpu``,
-    ``server_seconds`` (the run's server wall time) and ``embedded_seconds`` (the same model
-    at W = 0: the server's CPU seconds), all for the whole run."""
+    ``cores`` cores (0: W + 1, one each), the selections' experts in ``groups`` groups (A;
+    None: as the pool chooses for E ≥ 8, :func:`~secmoe.distributed.pool.expert_groups`):
+    ``worker_cpu`` (each worker), ``coordinator_cpu``, ``server_seconds`` (the run's server
+    wall time) and ``embedded_seconds`` (the same model at W = 0: the server's CPU seconds),
+    all for the whole run."""
     if workers < 1:
         raise ValueError(f"a projection needs at least one worker, got {workers}")
-    if c.leaves < workers:
-        raise ValueError(f"{workers} workers for {c.leaves} one-hot entries")
+    a = groups or expert_groups(workers, MAX_EXPERT_GROUPS)
+    if workers % a or c.leaves < a:
+        raise ValueError(f"{a} expert groups for {workers} workers and {c.leaves} entries")
     cores = cores or workers + 1
     rest = c.server - c.products - c.finish - c.linear  # stays on the coordinator
     lin_c = transfer.linear_coordinator * c.linear
     lin_w = c.linear * ((1 - transfer.linear_coordinator) / workers + transfer.linear_worker)
-    expand = c.expand * (c.leaves / workers - 1 + math.log2(workers)) / max(c.leaves - 1, 1)
-    after = (c.products - c.expand) / workers + transfer.worker * c.finish
-    finish = c.finish * (1 + transfer.coordinator + transfer.coordinator_sum * (workers - 1))
+    expand = c.expand * (c.leaves / a - 1 + math.log2(a)) / max(c.leaves - 1, 1)
+    after = (c.products - c.expand) / workers + transfer.worker * c.finish * a / workers
+    finish = c.finish * (1 + transfer.coordinator + transfer.coordinator_sum * (a - 1))
     wall = (
         rest
         + lin_c

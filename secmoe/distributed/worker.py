@@ -44,10 +44,12 @@ class OverBudget(ValueError):
     """A shard that would take a worker past its encoded-weight budget (refused)."""
 
 
-def shard_bytes(plan: SelectPlan, experts: int) -> int:
-    """Bytes of ``experts`` experts laid out for ``plan`` (int64 polynomials (nb, nc, N) per
-    matrix, as :func:`~secmoe.protocols.he_select.encode_select_weights` makes them)."""
-    return experts * sum(plan.nb * plan.nc(m) * plan.n * 8 for m in range(len(plan.hs)))
+def shard_bytes(plan: SelectPlan, experts: int, outputs: int | None = None) -> int:
+    """Bytes of ``experts`` experts laid out for ``plan``, for ``outputs`` of its output blocks
+    (None: all; int64 polynomials (nb, N) per block, as
+    :func:`~secmoe.protocols.he_select.encode_select_weights` makes them)."""
+    blocks = len(plan.outputs) if outputs is None else outputs
+    return experts * blocks * plan.nb * plan.n * 8
 
 
 def linear_shard_bytes(plan: MatmulPlan, lo: int, hi: int) -> int:
@@ -126,15 +128,18 @@ class ShardWorker:
         shard: str,
         plan: SelectPlan,
         experts: Sequence[int],
+        outputs: Sequence[int],
         weights: Sequence[Sequence[np.ndarray]],
         skip_zero_blocks: bool,
     ) -> int:
-        """Lay out the integer weights of ``experts`` (``weights[i][m]``, d×h_m) for ``plan``;
-        returns the bytes they take. Refused (:class:`OverBudget`, before any encoding) if
-        they would take this worker past ``max_bytes``."""
-        self._check_budget(shard, f"{len(experts)} experts", shard_bytes(plan, len(experts)))
+        """Lay out the integer weights of ``experts`` (``weights[i][m]``, d×h_m) for ``plan``'s
+        output blocks ``outputs`` (indices into ``plan.outputs``); returns the bytes they
+        take. Refused (:class:`OverBudget`, before any encoding) if they would take this
+        worker past ``max_bytes``."""
+        need = shard_bytes(plan, len(experts), len(outputs))
+        self._check_budget(shard, f"{len(experts)} experts", need)
         enc = encode_select_weights(
-            weights, plan, skip_zero_blocks=skip_zero_blocks, experts=experts
+            weights, plan, skip_zero_blocks=skip_zero_blocks, experts=experts, outputs=outputs
         )
         self._shards[shard] = enc
         return enc.nbytes

@@ -357,7 +357,9 @@ def plan_select(
 class SelectWeights:
     """The server's expert weights in the selection layout: ``polys[i][m]`` is (nb, nc, N), for
     expert ``experts[i]`` (all E in order when ``experts`` is None; a worker of
-    :mod:`secmoe.distributed` holds a shard).
+    :mod:`secmoe.distributed` holds a shard), of every output block (m, c) — or, with
+    ``outputs`` (indices into ``plan.outputs``), of those only: ``polys[i][m]`` then has one
+    column per held block of matrix m, in order (a worker that holds a part of the blocks).
 
     As in :class:`~secmoe.protocols.he_common.EncodedWeights`, zero blocks cost the same work
     as any other unless ``skip_zero_blocks`` (an operator option that LEAKS, through the
@@ -368,10 +370,25 @@ class SelectWeights:
     polys: list[list[np.ndarray]]
     skip_zero_blocks: bool = False
     experts: tuple[int, ...] | None = None
+    outputs: tuple[int, ...] | None = None
 
     @property
     def expert_ids(self) -> tuple[int, ...]:
         return tuple(range(self.plan.e)) if self.experts is None else self.experts
+
+    @cached_property
+    def held_outputs(self) -> list[tuple[int, int]]:
+        """The output blocks (m, c) held here, in plan order."""
+        outs = self.plan.outputs
+        return outs if self.outputs is None else [outs[o] for o in self.outputs]
+
+    @cached_property
+    def column(self) -> dict[tuple[int, int], int]:
+        """Output block (m, c) → its column in ``polys[i][m]``."""
+        out: dict[tuple[int, int], int] = {}
+        for m, c in self.held_outputs:
+            out[m, c] = sum(1 for mm, _c in out if mm == m)
+        return out
 
     @cached_property
     def local(self) -> dict[int, int]:
@@ -389,11 +406,10 @@ class SelectWeights:
     def zero_blocks(self) -> dict[tuple[int, tuple[int, int, int]], bool]:
         """(j, (m, c, b)) → whether expert j's block (b, c) of matrix m is all zero."""
         return {
-            (j, (m, c, b)): not self.polys[i][m][b, c].any()
+            (j, (m, c, b)): not self.polys[i][m][b, col].any()
             for j, i in self.local.items()
-            for m, row in enumerate(self.polys[i])
-            for b in range(row.shape[0])
-            for c in range(row.shape[1])
+            for (m, c), col in self.column.items()
+            for b in range(self.plan.nb)
         }
 
     @property
@@ -432,12 +448,21 @@ def encode_select_weights(
     *,
     skip_zero_blocks: bool = False,
     experts: Sequence[int] | None = None,
+    outputs: Sequence[int] | None = None,
 ) -> SelectWeights:
     """Lay out ``weights[i][m]`` (expert i, or ``experts[i]`` for a shard; matrix m, d×h_m
-    signed) for ``plan`` (setup)."""
+    signed) for ``plan`` (setup): every output block, or those of ``outputs`` (indices into
+    ``plan.outputs``)."""
     ids = tuple(range(plan.e)) if experts is None else tuple(int(j) for j in experts)
     if len(weights) != len(ids) or not set(ids) <= set(range(plan.e)) or len(set(ids)) != len(ids):
         raise ValueError(f"plan has {plan.e} experts, got {len(weights)} for experts {ids}")
+    held = None if outputs is None else tuple(sorted({int(o) for o in outputs}))
+    if held is not None and not set(held) <= set(range(len(plan.outputs))):
+        raise ValueError(f"plan has {len(plan.outputs)} output blocks, got {held}")
+    cols = [
+        [c for o, (mm, c) in enumerate(plan.outputs) if mm == m and (held is None or o in held)]
+        for m in range(len(plan.hs))
+    ]
     polys = []
     for ws in weights:
         if len(ws) != len(plan.hs):
@@ -449,12 +474,13 @@ def encode_select_weights(
                 raise ValueError(f"weight shape {w.shape}, expected {(plan.d, plan.hs[m])}")
             if w.size and int(np.abs(w).max()) >= 1 << (plan.w_bits - 1):
                 raise ValueError(f"weights exceed the public bound 2^{plan.w_bits - 1}")
-            row.append(_layout_w(w, plan, m))
+            poly = _layout_w(w, plan, m)
+            row.append(poly if held is None else np.ascontiguousarray(poly[:, cols[m]]))
         polys.append(row)
     primes = params_for(plan.params).primes
     for level in {plan.level, plan.eval_level}:  # the kernels' tables, now (setup)
         _rns_mac(tuple(primes[:level])).prepare(plan.n)
-    return SelectWeights(plan, polys, skip_zero_blocks, None if experts is None else ids)
+    return SelectWeights(plan, polys, skip_zero_blocks, None if experts is None else ids, held)
 
 
 class ExpertWorkers(Protocol):
@@ -594,7 +620,7 @@ def _weight_ntt(
 ) -> np.ndarray:
     """NTT-form residues (len(items), L, N) of Ŵ_j,m[b, c] for each (j, (m, c, b)) of
     ``items`` (j held here), SEAL's transform bit for bit, in the first rows of ``buf``."""
-    polys = [weights.polys[weights.local[j]][m][b, c] for j, (m, c, b) in items]
+    polys = [weights.polys[weights.local[j]][m][b, weights.column[m, c]] for j, (m, c, b) in items]
     return mac.ntt(mac.small_to_rns(np.stack(polys), buf[: len(items)]))
 
 
@@ -637,7 +663,8 @@ def shard_products(
     times: dict[str, float],
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Steps 2-4 for the experts ``weights`` holds (all of them, or a worker's shard): per
-    output block (m, c) in plan order, ``(present (T,) bool, acc (2, T, 2, L, N))``: the
+    output block (m, c) it holds (all, or a worker's part), in plan order, ``(present (T,)
+    bool, acc (2, T, 2, L, N))``: the
     accumulators A_k = acc[0, k], B_k = acc[1, k] of each token k,
     Σ_b (Σ_j [[t_kj]]·Ŵ_j,m[b, c]) ⊗ (x0, x1)[k·nb + b], NTT form at the input level (not
     present, and zero, where every held expert's blocks (m, c) are zero). The tensor product
@@ -656,7 +683,7 @@ def shard_products(
     plan = weights.plan
     nb, t, e, lv, n = plan.nb, plan.t, plan.e, plan.level, plan.n
     mac = _rns_mac(tuple(ctx.primes[:lv]))
-    outs = plan.outputs
+    outs = weights.held_outputs
     held = weights.expert_ids
     zero = weights.zero_blocks
     xw = np.concatenate([x0, x1])  # the tensor's multipliers: x0 rows, then x1 rows

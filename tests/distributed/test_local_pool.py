@@ -23,6 +23,7 @@ from secmoe.crypto.he_params import HE_16K
 from secmoe.crypto.prg import PRG
 from secmoe.crypto.ring import DEFAULT_RING
 from secmoe.distributed import LocalPool, OverBudget
+from secmoe.distributed.pool import expert_groups
 from secmoe.distributed.worker import shard_bytes
 from secmoe.ops.linear import HEState, prepare_select
 from secmoe.protocols.he_select import (
@@ -124,11 +125,31 @@ def server_reply(server, weights, case, msg):
     return step_server_eval(server, weights, t_s, x_s, msg, PRG(b"\x04" * 16))
 
 
+def counted_stream(stream, counts, w, method, *args):
+    """A worker's stream, its items counted in ``counts[w]``."""
+    for item in stream(w, method, *args):
+        counts[w] += 1
+        yield item
+
+
+def test_expert_groups_divide_the_workers_up_to_eight():
+    """A = the largest divisor of W at most 8 and E: the coordinator sums at most 8
+    accumulators per block; W/A workers split the output blocks."""
+    got = {(w, e): expert_groups(w, e) for w, e in ((2, 64), (8, 64), (12, 64), (64, 64))}
+    assert got == {(2, 64): 2, (8, 64): 8, (12, 64): 6, (64, 64): 8}
+    assert expert_groups(11, 64) == 1 and expert_groups(16, 4) == 4 and expert_groups(3, 7) == 3
+    assert LocalPool(16).grid(64) == (8, 2)
+    with pytest.raises(ValueError, match="3 expert groups do not divide 4 workers"):
+        LocalPool(4, groups=3)
+
+
 @pytest.mark.parametrize("shape", [NON_FUSED, FUSED])
 def test_workers_reply_bit_for_bit_as_the_embedded_server(shape):
     """The reply (returned c1, c0 bytes) and the server's shares with 1, 2 and 3 workers
-    (3 does not divide E: the pruning is partial) equal the embedded server's exactly, with an
-    all-zero expert; and the shares are right."""
+    (3 does not divide E: the pruning is partial), and with grids of expert groups × output
+    block groups (4 workers as 2 × 2; 2 as 1 × 2, each worker all experts of one block; 3 as
+    1 × 3, one worker with no block), equal the embedded server's exactly, with an all-zero
+    expert; the shares are right, and every (expert, block) is held once."""
     t, e, d, h = shape
     plan = plan_select(t, e, d, h)
     client, server = keys(plan)
@@ -141,18 +162,23 @@ def test_workers_reply_bit_for_bit_as_the_embedded_server(shape):
     got_c = hs.step_client_decrypt(client, plan, want[1], want[2])
     for m, ideal in enumerate(hs.ideal_select(*case[:4], ws)):
         assert np.array_equal(got_c[m] + want[0][m], ideal)
-    for workers in (1, 2, 3):
-        pool, owner = LocalPool(workers), Owner()
+    for workers, groups in ((1, None), (2, None), (3, None), (4, 2), (2, 1), (3, 1)):
+        pool, owner = LocalPool(workers, groups=groups), Owner()
         handle = pool.session(server, owner).prepare(
             ("case",), plan, lambda ids: [ws[j] for j in ids], False
         )
         assert not hasattr(handle, "polys")
+        streamed = [0] * workers
+        pool._stream = functools.partial(counted_stream, pool._stream, streamed)
         got = server_reply(server, handle, case, msg)
+        assert streamed == [len(pool.outputs(w, plan)) for w in range(workers)]
         assert got[1].tobytes() == want[1].tobytes() and got[2].tobytes() == want[2].tobytes()
         assert all(np.array_equal(a, b) for a, b in zip(got[0], want[0], strict=True))
         sizes = pool.encoded_bytes()
         assert sum(sizes) == encode_select_weights(ws, plan).nbytes
-        assert max(sizes) <= -(-e // workers) * sizes[0] // len(pool.experts(0, e))
+        for w, size in enumerate(sizes):
+            assert size == shard_bytes(plan, len(pool.experts(w, e)), len(pool.outputs(w, plan)))
+        assert pool.grid(e) == (groups or workers, workers // (groups or workers))
 
 
 def test_with_a_pool_the_coordinator_keeps_no_expert_weights():

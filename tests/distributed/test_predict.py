@@ -5,7 +5,6 @@ from)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import pytest
@@ -78,18 +77,25 @@ def test_shared_cores():
     assert two["server_seconds"] == pytest.approx(1 + 6 * 32 / 63 + 2.5)
 
 
-def test_more_workers_help_until_the_coordinators_sums_dominate():
-    """The coordinator sums W streams of accumulators (W − 1 sums per output block): its CPU
-    grows with W, is a floor of the server's time, and past some W outweighs what the workers
-    save (with this layer's measured costs, between 8 and 16 workers)."""
+def test_past_eight_workers_the_coordinators_share_stops_growing():
+    """The coordinator sums A streams of accumulators per output block (A − 1 sums): up to 8
+    workers A = W and its CPU grows with W; past 8 the workers split the output blocks
+    instead (A = 8), so its CPU stays and more workers still help. With every worker its own
+    expert group (A = W, the layout before the grid) its sums would outweigh what the
+    workers save past ~8 workers."""
     c = SelectCosts(leaves=512, expand=22.1, products=28.6, finish=6.0, server=35.2, linear=0.1)
     ws = (1, 2, 4, 8, 16, 64)
-    times = {w: project(c, w)["server_seconds"] for w in ws}
-    coord = {w: project(c, w)["coordinator_cpu"] for w in ws}
-    assert times[1] > times[2] > times[4] > times[8]
-    assert all(coord[a] < coord[b] for a, b in itertools.pairwise(ws))
+    grid = {w: project(c, w) for w in ws}
+    flat = {w: project(c, w, groups=w) for w in ws}
+    times = {w: m["server_seconds"] for w, m in grid.items()}
+    coord = {w: m["coordinator_cpu"] for w, m in grid.items()}
+    assert times[1] > times[2] > times[4] > times[8] > times[16] > times[64]
+    assert coord[1] < coord[2] < coord[4] < coord[8] == coord[16] == coord[64]
     assert all(times[w] >= coord[w] for w in ws)
-    assert times[64] > times[16] > times[8]
+    assert all(flat[w] == grid[w] for w in (1, 2, 4, 8))
+    assert flat[64]["server_seconds"] > flat[16]["server_seconds"] > times[8]
+    with pytest.raises(ValueError, match="3 expert groups for 8 workers"):
+        project(c, 8, groups=3)
 
 
 @pytest.mark.parametrize("pair", range(len(PAIRS)))
