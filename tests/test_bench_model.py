@@ -10,6 +10,7 @@ weights and inputs, cut to the first block, repeats the same rows byte for byte:
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,3 +195,31 @@ def test_a_norm_that_cannot_fold_is_reported() -> None:
     bundled = BUNDLED_DIR / f"{BUNDLED_NAME}.safetensors"
     res = bench("--model", str(bundled), "--tokens", "2", "--layers", "1", "--strategy", "all")
     assert not res["norms_folded"] and "attn_norm.bias" in res["fold_refused"]
+
+
+def test_making_a_streamed_layer_is_not_charged_to_the_rows(monkeypatch) -> None:
+    """The server makes each streamed layer when the forward pass reaches it (generated or
+    read, then folded): a deployed server has its weights before any session, so that time is
+    excluded from the rows and from the encoding. Here making each layer takes 5 s longer:
+    the rows of each layer's first step (its attention norm, ~0.1 s), where it ran, and the
+    encoding's total stay far below it."""
+    import secmoe.bench.model_bench as mb
+
+    real = mb._server_weights
+
+    def slow(args, cfg):
+        w = real(args, cfg)
+        source = w.layers.source
+
+        def make(i):
+            time.sleep(5.0)
+            return source(i)
+
+        w.layers.source = make
+        return w
+
+    monkeypatch.setattr(mb, "_server_weights", slow)
+    r = bench("--preset", "digits-moe", "--tokens", "4", "--strategy", "select")
+    rows = {row["row"]: row["seconds"] for row in r["layers"]}
+    assert rows["layer0/attn_norm"] < 5.0 and rows["layer1/attn_norm"] < 5.0
+    assert r["encode_seconds"] < 5.0
