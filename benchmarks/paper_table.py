@@ -26,8 +26,8 @@ Run sets (``--run``, several allowed; ``--only`` filters by model/strategy subst
 - ``layers-he``: ``select`` at E = 8 and 64 with the norms' row products by HE
   (``--norm-products he``: fewer bytes, more compute; labelled ``select, HE norms``).
 
-An E with no run of its own (``select`` at E = 128 needs ~15 GB on the server for one MoE
-layer's encoded experts, more than this shared machine could spare) is composed for bytes and
+An E with no run of its own (``select`` at E = 128 needs ~16 GB on the server for one MoE
+layer's encoded experts: it ran only with the machine to itself) is composed for bytes and
 rounds only from the largest smaller E with a run plus the growth of one MoE layer measured by
 ``secmoe bench moe`` between the two E (``--moe-layers``), labelled so; the same rule applied
 to the E that have runs is shown as its validation. Its times are left empty.
