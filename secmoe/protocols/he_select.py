@@ -422,8 +422,8 @@ class SelectWeights:
 class ShardedSelect:
     """The coordinator's handle on expert weights held by workers (:mod:`secmoe.distributed`):
     ``products(root, x0, x1)`` yields, per output block (m, c) in plan order, the sum over the
-    shards of :func:`shard_products_arrays`' accumulators: ``(present (T,), acc (2, T, 2, L,
-    N))``, A and B of each token in NTT form at ``plan.level`` (zero where not present). It
+    shards of :func:`shard_products_arrays`' accumulators: ``(present (T,), acc (T, 3, L,
+    N))``, A + B of each token in NTT form at ``plan.level`` (zero where not present). It
     holds none of the experts' weights."""
 
     plan: SelectPlan
@@ -664,8 +664,8 @@ def shard_products(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Steps 2-4 for the experts ``weights`` holds (all of them, or a worker's shard): per
     output block (m, c) it holds (all, or a worker's part), in plan order, ``(present (T,)
-    bool, acc (2, T, 2, L, N))``: the
-    accumulators A_k = acc[0, k], B_k = acc[1, k] of each token k,
+    bool, acc (T, 3, L, N))``: for each token k the size-3 ciphertext acc[k] = A_k + B_k =
+    (a0, a1 + b0, b1) of the accumulators A_k, B_k =
     Σ_b (Σ_j [[t_kj]]·Ŵ_j,m[b, c]) ⊗ (x0, x1)[k·nb + b], NTT form at the input level (not
     present, and zero, where every held expert's blocks (m, c) are zero). The tensor product
     is bilinear, so the shards' accumulators add up to the whole.
@@ -682,7 +682,8 @@ def shard_products(
     (``expand_cpu``, ``products_cpu``: all of it so far, the expansion included)."""
     plan = weights.plan
     nb, t, e, lv, n = plan.nb, plan.t, plan.e, plan.level, plan.n
-    mac = _rns_mac(tuple(ctx.primes[:lv]))
+    primes = ctx.primes[:lv]
+    mac = _rns_mac(tuple(primes))
     outs = weights.held_outputs
     held = weights.expert_ids
     zero = weights.zero_blocks
@@ -736,12 +737,16 @@ def shard_products(
         rows = sorted({k * nb + b for b, _x in live for k in range(t)})
         pairs = [(r // nb, r, r) for r in rows] + [(t + r // nb, r, plan.n_x + r) for r in rows]
         mac.mac(acc, wsel, xw, pairs)
+        a = acc.reshape(2, t, 2, lv, n)  # A_k = a[0, k], B_k = a[1, k]
+        c3 = np.empty((t, 3, lv, n), dtype=U64)  # A + B = (a0, a1 + b0, b1) per token
+        c3[:, 0], c3[:, 2] = a[0, :, 0], a[1, :, 1]
+        c3[:, 1] = add_rns(a[0, :, 1], a[1, :, 0], primes)
         t_sel += s1 - s0
         t_ten += time.perf_counter() - s1
         cpu += time.thread_time() - c0
         times.update(select=t_sel, tensor=t_ten, products_cpu=cpu)
         present = not all(zero[j, (m, c, b)] for j in held for b in range(nb))
-        yield np.full(t, present), acc.reshape(2, t, 2, lv, n)
+        yield np.full(t, present), c3
         c0 = time.thread_time()
 
 
@@ -755,7 +760,7 @@ def shard_products_arrays(
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """:func:`shard_products` on numpy arrays (a worker's side of :class:`ShardedSelect`):
     ``root`` is [[t]] (2, L, N) in coefficient form, ``x0``/``x1`` (n_x, L, N) in NTT form;
-    yields per output block ``(present (T,) bool, acc (2, T, 2, L, N) uint64)``."""
+    yields per output block ``(present (T,) bool, acc (T, 3, L, N) uint64)``."""
     yield from shard_products(ctx, galois, ctx.import_ct(root, ntt=False), x0, x1, weights, {})
 
 
@@ -890,10 +895,8 @@ def step_server_eval(
         s2, c2 = time.perf_counter(), time.thread_time()
         for k in range(t):
             ct = None
-            if present[k]:  # A + B = (a0, a1 + b0, b1), NTT form at the input level
-                a, b = acc[0, k], acc[1, k]
-                c3 = np.concatenate([a[:1], add_rns(a[1:], b[:1], primes), b[1:]])
-                ct = ctx.import_ct(c3, ntt=True)
+            if present[k]:  # A + B, NTT form at the input level
+                ct = ctx.import_ct(acc[k], ntt=True)
                 ev.transform_from_ntt_inplace(ct)
                 if plan.eval_level < lv:  # down to the evaluation level
                     ev.mod_switch_to_inplace(ct, low)

@@ -11,7 +11,7 @@ import pytest
 import tenseal.sealapi as sealapi
 
 import secmoe.protocols.he_select as hs
-from secmoe.crypto.he import expand_a
+from secmoe.crypto.he import add_rns, expand_a
 from secmoe.crypto.prg import PRG
 from tests.distributed.test_local_pool import FUSED, NON_FUSED, keys
 from tests.he.test_he_select import make_selection
@@ -93,11 +93,13 @@ def test_products_equal_seals_bit_for_bit(shape, skip):
     got = list(hs.shard_products(server.ctx, server.galois, fresh_root(), x0, x1, weights, {}))
     assert len(got) == len(want) == len(plan.outputs)
     assert {bool(p.any()) for p, _acc in got} == {True, False}
+    primes = server.ctx.primes[: plan.level]
     for (present, acc), ref in zip(got, want, strict=True):
         for k in range(t):
             assert present[k] == (ref[0][k] is not None)
-            for s in (0, 1):
-                if ref[s][k] is None:
-                    assert not acc[s, k].any()
-                else:
-                    assert np.array_equal(acc[s, k], ref[s][k])
+            if ref[0][k] is None:
+                assert not acc[k].any()
+            else:  # A + B = (a0, a1 + b0, b1)
+                a, b = ref[0][k], ref[1][k]
+                assert np.array_equal(acc[k][[0, 2]], np.stack([a[0], b[1]]))
+                assert np.array_equal(acc[k][1], add_rns(a[1:], b[:1], primes)[0])
