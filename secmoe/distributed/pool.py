@@ -221,7 +221,8 @@ class ExpertPool:
 
     def experts(self, w: int, e: int) -> list[int]:
         """Worker w's experts among E (strided: its expert group's, j ≡ w (mod A))."""
-        return list(range(w % self.grid(e)[0], e, self.grid(e)[0]))
+        a = self.grid(e)[0]
+        return list(range(w % a, e, a))
 
     def outputs(self, w: int, plan: SelectPlan) -> list[int]:
         """Worker w's output blocks of a selection (indices into ``plan.outputs``: its block
